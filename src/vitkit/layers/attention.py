@@ -1,0 +1,83 @@
+"""Scaled dot-product attention with an opt-in path that also returns the attention weights.
+
+The fused kernel (``F.scaled_dot_product_attention``) never materialises the (N x N) weights, so a
+module that has been asked to record them (``record_attention = True``) takes the explicit path for
+that call. Explain tools use :func:`get_attention_maps`, which flips the flag on every attention
+module of a model, runs one forward pass, and collects what each module stored.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    attn_bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """q: (B, h, Nq, d), k/v: (B, h, Nk, d), attn_bias broadcastable to (B, h, Nq, Nk), added to logits."""
+    if not need_weights:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
+        return out, None
+    logits = (q * scale) @ k.transpose(-2, -1)  # (B, h, Nq, Nk)
+    if attn_bias is not None:
+        logits = logits + attn_bias
+    weights = logits.softmax(dim=-1)
+    out = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
+    return out, weights
+
+
+@dataclass
+class AttentionMap:
+    """Softmax attention weights of one layer.
+
+    ``weights`` is (B, heads, Nq, Nk) for ViT and CvT; for Swin it is per window,
+    (B, num_windows, heads, ws*ws, ws*ws). ``meta`` describes the token layout (see each family's docs):
+    e.g. ``grid`` (H, W) of query tokens, ``num_prefix_tokens``, ``kv_grid`` for CvT, ``window_size``
+    and ``shift_size`` for Swin.
+    """
+
+    name: str
+    weights: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class RecordsAttention:
+    """Mixin for attention modules: when ``record_attention`` is set, keep the last weights."""
+
+    record_attention: bool = False
+    attention_map: torch.Tensor | None = None
+    attention_meta: dict[str, Any] | None = None
+
+    def store_attention(self, weights: torch.Tensor, **meta: Any) -> None:
+        self.attention_map = weights
+        self.attention_meta = meta
+
+
+def get_attention_maps(model: nn.Module, x: torch.Tensor) -> list[AttentionMap]:
+    """Run ``model(x)`` once and return the attention weights of every attention layer, in order.
+
+    Gradients are kept if autograd is enabled (for gradient-weighted explanations); wrap the call in
+    ``torch.no_grad()`` to save memory.
+    """
+    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, RecordsAttention)]
+    for _, m in modules:
+        m.record_attention = True
+    try:
+        model(x)
+        maps = [AttentionMap(n, m.attention_map, dict(m.attention_meta or {})) for n, m in modules]
+    finally:
+        for _, m in modules:
+            m.record_attention = False
+            m.attention_map = None
+            m.attention_meta = None
+    return [a for a in maps if a.weights is not None]

@@ -1,0 +1,7 @@
+"""The three families; importing this module registers every model."""
+
+from vitkit.models import vit  # noqa: F401  (registers)
+from vitkit.models.base import VisionModel
+from vitkit.models.vit import VisionTransformer, ViTConfig
+
+__all__ = ["ViTConfig", "VisionModel", "VisionTransformer"]

@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def randomize_(module: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
+    """Random values in every parameter and float buffer (norm weights/biases and BN statistics too)."""
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith(("norm.weight", "norm1.weight", "norm2.weight")) or "layernorm" in name:
+                t.copy_(1 + torch.randn(t.shape, generator=g) * 0.2)
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) * std)
+    return module
