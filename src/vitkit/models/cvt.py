@@ -155,6 +155,7 @@ class ConvProj(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, kernel, stride=stride, padding=padding, groups=dim, bias=False)
         self.bn = nn.BatchNorm2d(dim)
+        self.fold_bn = True  # False: eval runs conv -> BatchNorm as two ops (the reference in tests)
         self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,11 +178,11 @@ class ConvProj(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, h, w)
         conv, bn = self.conv, self.bn
-        if not self.training:
+        if not self.training and self.fold_bn:
             weight, bias = self.folded()
             return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         x = conv(x)
-        if getattr(_recomputing, "active", False):  # checkpoint recomputation: batch statistics only
+        if self.training and getattr(_recomputing, "active", False):  # recomputation: no stats update
             return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
         return bn(x)
 
