@@ -183,7 +183,8 @@ class ConvProj(nn.Module):
             return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         x = conv(x)
         if self.training and getattr(_recomputing, "active", False):  # recomputation: no stats update
-            return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+            stats = bn.running_mean.clone(), bn.running_var.clone()  # updated and thrown away
+            return F.batch_norm(x, *stats, bn.weight, bn.bias, True, 0.0, bn.eps)
         return bn(x)
 
     def _apply(self, fn, recurse=True):
