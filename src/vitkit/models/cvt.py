@@ -234,8 +234,9 @@ class Attention(nn.Module, RecordsAttention):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
         if self.with_cls_token:
-            cls, x = x[:, :1], x[:, 1:]  # (B, 1, C), (B, H*W, C)
-        t = x.reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last: no copy
+            # one copy: a sliced map is not channels-last, and each conv would copy (slowly) on its own
+            cls, x = x[:, :1], x[:, 1:].contiguous()  # (B, 1, C), (B, H*W, C)
+        t = x.view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last: no copy
         q, k = self._tokens(self.conv_proj_q(t)), self._tokens(self.conv_proj_k(t))
         v = self.conv_proj_v(t)
         kv_grid = (v.shape[-2], v.shape[-1])
