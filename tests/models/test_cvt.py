@@ -91,6 +91,8 @@ def test_config_validation():
     with pytest.raises(VitkitError, match="invalid CvTConfig"):
         vitkit.create_model("cvt_13_224", depth=(1, 2))
     assert CvTConfig(depth=[1, 2, 3]).depth == (1, 2, 3)  # lists (JSON, CLI) become tuples
+    gray = vitkit.create_model("cvt_nano_28", in_chans=3).config  # statistics follow the channel count
+    assert gray.mean == (0.286,) * 3 and len(vitkit.create_model("cvt_tiny_32", in_chans=1).config.std) == 1
 
 
 def test_attention_scale_is_full_width_like_the_original():
@@ -267,3 +269,12 @@ def test_save_and_load_roundtrip(tmp_path):
         "interpolation": "bilinear",
         "crop_pct": 1.0,
     }
+
+
+def test_folding_works_for_models_built_in_inference_mode():
+    with torch.inference_mode():
+        model = randomize_(_tiny("cvt_13_224")).eval()
+        x = torch.randn(1, 3, 32, 32)
+        out = model(x)
+        _set_fold(model, False)
+        torch.testing.assert_close(out, model(x), atol=1e-6, rtol=1e-6)

@@ -98,8 +98,10 @@ class CvTConfig:
             )
         if self.stride_kv < 1 or self.kernel_qkv < 1:
             raise ValueError(f"stride_kv and kernel_qkv must be positive, got {self.stride_kv}, {self.kernel_qkv}")
-        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise ValueError(f"mean/std need {self.in_chans} values (in_chans), got {self.mean} / {self.std}")
+        for name in ("mean", "std"):  # in_chans=1 on an RGB config: one channel with the average statistics
+            value = getattr(self, name)
+            if len(value) != self.in_chans:
+                object.__setattr__(self, name, (round(sum(value) / len(value), 4),) * self.in_chans)
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 
@@ -170,6 +172,8 @@ class ConvProj(nn.Module):
         if needs_grad or torch.compiler.is_compiling():
             return self.fold()  # gradients reach the conv and BatchNorm parameters; traceable
         tensors = (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        if any(t.is_inference() for t in tensors):  # built under inference_mode: no version counters
+            return self.fold()
         key = (*((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors), bn.eps)
         if self._folded is None or self._folded[0] != key:
             with torch.no_grad(), torch.inference_mode(False):
@@ -236,7 +240,7 @@ class Attention(nn.Module, RecordsAttention):
         if self.with_cls_token:
             # one copy: a sliced map is not channels-last, and each conv would copy (slowly) on its own
             cls, x = x[:, :1], x[:, 1:].contiguous()  # (B, 1, C), (B, H*W, C)
-        t = x.view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last: no copy
+        t = x.reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last: no copy
         q, k = self._tokens(self.conv_proj_q(t)), self._tokens(self.conv_proj_k(t))
         v = self.conv_proj_v(t)
         kv_grid = (v.shape[-2], v.shape[-1])
