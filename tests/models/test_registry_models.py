@@ -13,6 +13,8 @@ def tiny_overrides(name: str) -> dict:
     cfg = entry.config
     if entry.family == "vit":
         return dict(img_size=2 * cfg.patch_size, embed_dim=32, depth=2, num_heads=2)
+    if entry.family == "cvt":
+        return dict(img_size=min(cfg.img_size, 64), embed_dim=(16, 24, 32), depth=(1, 1, 2), num_heads=(1, 2, 2))
     raise AssertionError(f"no tiny overrides for family {entry.family}")
 
 
