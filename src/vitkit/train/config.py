@@ -74,6 +74,7 @@ class TrainConfig:
     # --- run -----------------------------------------------------------------------------------
     output_dir: str = _f("runs/train", "where checkpoints, metrics.jsonl and the final model go")
     resume: str = _f("", "continue a run: a checkpoint dir, or 'auto' = output_dir/last if it exists")
+    overwrite_output_dir: bool = _f(False, "start afresh even if output_dir already holds a checkpoint")
     checkpoint_every_steps: int = _f(0, "also write the 'last' checkpoint every N optimizer steps (0 = per epoch)")
     seed: int = _f(0, "seed for weights, data order and augmentation (a CPU run is reproducible)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
