@@ -232,6 +232,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # protocol-2 pickles from Python 3 spell bytes as encode(str, 'latin1')
         ("builtins", "bytearray"),
         ("__builtin__", "bytearray"),
     }
