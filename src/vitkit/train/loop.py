@@ -269,6 +269,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_json,
             "classes": classes,
+            "world_size": info.world_size,
         }
         return save_checkpoint(out / name, model, state=state, tensors=tensors, weights=weights)
 
