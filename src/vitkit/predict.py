@@ -73,7 +73,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
 
 def load_image(path: str | os.PathLike, data_config: dict[str, Any]) -> torch.Tensor:
     """Read one image and prepare it as the model's evaluation pipeline does: (C, H, W) float."""
-    in_chans, height, width = data_config["input_size"]
+    in_chans = data_config["input_size"][0]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
@@ -88,18 +88,27 @@ def load_image(path: str | os.PathLike, data_config: dict[str, Any]) -> torch.Te
         raise VitkitError(f"refused: {e}") from None
     except Exception as e:  # UnidentifiedImageError, truncated data, OSError ...
         raise VitkitError(f"cannot read image ({type(e).__name__}: {e})") from None
+    return prepare_image(im, data_config)
+
+
+def prepare_image(im: Image.Image, data_config: dict[str, Any], normalize: bool = True) -> torch.Tensor:
+    """The evaluation pipeline on a PIL image already in the model's mode (L or RGB): (C, H, W) float."""
+    in_chans, height, width = data_config["input_size"]
     crop_pct = float(data_config.get("crop_pct") or 1.0)
     resample = _RESAMPLE.get(str(data_config.get("interpolation", "bicubic")), Image.Resampling.BICUBIC)
     # resize so the centre crop of (height, width) covers crop_pct of the shorter side
     scale = max(height, width) / crop_pct / min(im.size)
     new_w, new_h = max(width, round(im.size[0] * scale)), max(height, round(im.size[1] * scale))
-    im = im.resize((new_w, new_h), resample)
+    if (new_w, new_h) != im.size:
+        im = im.resize((new_w, new_h), resample)
     left, top = (new_w - width) // 2, (new_h - height) // 2
     im = im.crop((left, top, left + width, top + height))
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (C, H, W)
     if in_chans == 3 and x.shape[0] == 1:
         x = x.expand(3, -1, -1)
+    if not normalize:
+        return x.contiguous()
     mean = torch.tensor(data_config["mean"], dtype=torch.float32).reshape(-1, 1, 1)
     std = torch.tensor(data_config["std"], dtype=torch.float32).reshape(-1, 1, 1)
     return (x - mean) / std
@@ -153,11 +162,14 @@ def predict(
 
 
 def format_table(predictions: Iterable[Prediction]) -> str:
-    """One line per file: the path, then 'name (probability)' for each of the top k."""
-    lines = []
-    for p in predictions:
+    """An aligned table: the file, then 'name probability' for each of the top k (errors as one cell)."""
+    preds = list(predictions)
+    k = max((len(p.topk) for p in preds), default=0)
+    rows = [["file", *(f"top-{i + 1}" for i in range(k))]]
+    for p in preds:
         if p.error is not None:
-            lines.append(f"{p.path}\tERROR: {p.error}")
+            rows.append([p.path, f"ERROR: {p.error}"])
         else:
-            lines.append(f"{p.path}\t" + "  ".join(f"{n} ({v:.1%})" for _, n, v in p.topk))
-    return "\n".join(lines)
+            rows.append([p.path, *(f"{n} {v:.1%}" for _, n, v in p.topk)])
+    widths = [max(len(r[c]) for r in rows if c < len(r)) for c in range(k + 1)]
+    return "\n".join("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in rows)

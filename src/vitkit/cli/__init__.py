@@ -7,6 +7,7 @@ value: :class:`vitkit.errors.VitkitError`) are printed as one line on stderr wit
 """
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -33,6 +34,17 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def _importable(module: str) -> bool:
+    """False only when ``module`` itself (or its package) is missing; its own import errors still surface."""
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        if e.name is not None and module.startswith(e.name):
+            return False
+        raise
+    return True
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The full parser; only the command named in ``argv`` (if any) imports its module's options."""
     from vitkit import __version__
@@ -51,14 +63,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         add_debug(p)
         if name != chosen:
             continue  # options are added only for the command that runs (keeps `vitkit models` fast)
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            if name in OPTIONAL and e.name is not None and module.startswith(e.name):
-                p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-                p.set_defaults(_missing=module)
-                continue
-            raise
+        mod = importlib.import_module(module)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -71,13 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vitkit.errors import VitkitError
 
     try:
+        chosen = _command_in(argv)
+        if chosen in OPTIONAL and not _importable(COMMANDS[chosen][0]):
+            print(f"vitkit {chosen}: not available: {COMMANDS[chosen][0]} is not installed", file=sys.stderr)
+            return 2
         parser = build_parser(argv)
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version, or a usage error already printed as one line
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
         if args.command is None:
             parser.print_help()
-            return 2
-        if getattr(args, "_missing", None):
-            print(f"vitkit {args.command}: not available: {args._missing} is not installed", file=sys.stderr)
             return 2
         return int(args._run(args) or 0)
     except VitkitError as e:
@@ -85,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"vitkit: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `vitkit models | head`: the reader left, nothing to report
+        with contextlib.suppress(OSError):  # keep the interpreter's final flush quiet
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
         return 130

@@ -33,7 +33,8 @@ def _typed(kind: type, name: str):
         try:
             return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__} for {name}, got {text!r}") from None
+            article = "an" if kind.__name__[0] in "aeiou" else "a"
+            raise argparse.ArgumentTypeError(f"expected {article} {kind.__name__}, got {text!r}") from None
 
     convert.__name__ = kind.__name__
     return convert
@@ -126,9 +127,11 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def merged_config(cls: type, args: argparse.Namespace, names: list[str], **fixed: Any) -> Any:
-    """``cls`` from dataclass defaults <- ``--config`` file <- flags typed on the command line <- ``fixed``."""
-    values: dict[str, Any] = {}
+def merged_config(
+    cls: type, args: argparse.Namespace, names: list[str], base: dict[str, Any] | None = None, **fixed: Any
+) -> Any:
+    """``cls`` from dataclass defaults <- ``base`` <- ``--config`` file <- flags on the command line <- ``fixed``."""
+    values: dict[str, Any] = dict(base or {})
     if getattr(args, "config", None):
         values.update(read_settings_file(args.config))
     values.update({n: getattr(args, n) for n in names if hasattr(args, n)})

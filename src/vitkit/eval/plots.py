@@ -149,15 +149,19 @@ def training_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[
         else:
             continue
         for key, value in rec.items():
-            if key in ("step", "epoch") or not _is_num(value):
+            if key in ("step", "epoch") or key.startswith("best_") or not _is_num(value):
                 continue
             for title, test in _PANELS:
                 if test(key.lower()):
-                    label = f"{kind}/{key}" if kind and not key.startswith(kind) else key
+                    label = f"{key} (per {kind})" if kind else key
                     xs, ys = panels[title].setdefault(label, ([], []))
                     xs.append(x)
                     ys.append(float(value))
                     break
+    lr = panels["learning rate"]
+    if len(lr) > 1:  # the same schedule logged per step and per epoch: keep the denser series
+        keep = max(lr, key=lambda k: len(lr[k][0]))
+        panels["learning rate"] = {keep: lr[keep]}
     return {t: s for t, s in panels.items() if s}
 
 

@@ -1,0 +1,277 @@
+"""Every subcommand on tiny data, in-process through ``vitkit.cli.main``."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.cli.conftest import TINY, TINY_TRAIN
+from vitkit.cli import COMMANDS, main
+from vitkit.errors import VitkitError
+
+
+def one_line_error(capsys, rc, *needles):
+    """The error contract: exit status 2, exactly one line on stderr naming the problem, no traceback."""
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_train_help_explains_each_field(capsys):
+    from vitkit.train import TrainConfig
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--drop-path-rate" in out and "stochastic depth" in out and "--no-tensorboard" in out
+    import dataclasses
+
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in out
+
+
+def test_train_writes_checkpoint_and_curves(trained_run):
+    out, stdout = trained_run
+    assert (out / "metrics.jsonl").is_file()
+    assert (out / "plots" / "training_curves.png").stat().st_size > 1000
+    assert "finished" in stdout and "training curves" in stdout
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml"])
+def test_config_file_then_flags_override(tmp_path, capsys, suffix):
+    path = tmp_path / f"run{suffix}"
+    if suffix == ".yaml":
+        path.write_text("model: vit_nano_patch4_28\nepochs: 3\nlr: 0.01\nbetas: [0.9, 0.95]\nmixup: 1\n")
+    else:
+        path.write_text('model = "vit_nano_patch4_28"\nepochs = 3\nlr = 0.01\nbetas = [0.9, 0.95]\nmixup = 1\n')
+    assert main(["train", "--config", str(path), "--epochs", "2", "--aug", "none", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["epochs"] == 2  # the flag wins over the file
+    assert cfg["lr"] == 0.01 and cfg["betas"] == [0.9, 0.95] and cfg["mixup"] == 1.0  # from the file
+    assert cfg["aug"] == "none" and cfg["model"] == "vit_nano_patch4_28"
+    assert cfg["weight_decay"] == 0.05  # the default
+
+
+def test_config_file_errors(tmp_path, capsys):
+    bad_key = tmp_path / "a.yaml"
+    bad_key.write_text("epochz: 3\n")
+    one_line_error(capsys, main(["train", "--config", str(bad_key)]), "epochz")
+    bad_type = tmp_path / "b.toml"
+    bad_type.write_text('epochs = "many"\n')
+    one_line_error(capsys, main(["train", "--config", str(bad_type)]), "epochs", "int")
+    broken = tmp_path / "c.yaml"
+    broken.write_text("epochs: [1\n")
+    one_line_error(capsys, main(["train", "--config", str(broken)]), "c.yaml", "cannot parse")
+    one_line_error(capsys, main(["train", "--config", str(tmp_path / "missing.yaml")]), "does not exist")
+
+
+def test_error_lines(tmp_path, capsys):
+    out = ["--output-dir", str(tmp_path / "x"), "--progress", "none", "--no-tensorboard"]
+    one_line_error(capsys, main(["train", "--model", "vit_nnao_patch4_28", *out]), "unknown model", "did you mean")
+    one_line_error(capsys, main(["train", "--data", f"fashion-mnist:{tmp_path}/nope", *out]), "not found")
+    one_line_error(capsys, main(["train", "--lr", "fast"]), "--lr", "fast")
+    one_line_error(capsys, main(["train", "--epochs", "0", "--print-config"]), "epochs")
+    one_line_error(capsys, main(["train", "--amp", "fp8"]), "--amp", "fp8")
+    one_line_error(capsys, main(["info", "vit_nope"]), "unknown model")
+    one_line_error(capsys, main(["eval", str(tmp_path)]), "config.json")
+    one_line_error(capsys, main(["nope"]), "nope")
+
+
+def test_debug_shows_the_exception():
+    with pytest.raises(VitkitError, match="unknown model"):
+        main(["--debug", "info", "vit_nope"])
+
+
+def test_eval_report_and_figures(trained_run, tmp_path, capsys):
+    run_dir, _ = trained_run
+    out = tmp_path / "ev"
+    rc = main(["eval", str(run_dir), "--data", "sample", "--max-samples", "100", "--output-dir", str(out)])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "top-1" in stdout and "macro-F1" in stdout and "Ankle boot" in stdout
+    report = json.loads((out / "report.json").read_text())
+    cm = report["confusion_matrix"]
+    assert len(cm) == 10 and sum(map(sum, cm)) == report["num_samples"] == 100
+    assert report["top1"] == pytest.approx(sum(cm[i][i] for i in range(10)) / 100)
+    assert report["top1"] <= report["top5"] <= 1.0
+    assert len(report["per_class"]) == 10
+    for i, c in enumerate(report["per_class"]):
+        col = sum(row[i] for row in cm)
+        assert c["recall"] == pytest.approx(cm[i][i] / sum(cm[i]) if sum(cm[i]) else 0.0)
+        assert c["precision"] == pytest.approx(cm[i][i] / col if col else 0.0)
+    assert report["macro_f1"] == pytest.approx(sum(c["f1"] for c in report["per_class"]) / 10)
+    assert report["per_class"][9]["name"] == "Ankle boot"
+    for png in ("confusion_matrix.png", "misclassified.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_missing_data(trained_run, tmp_path, capsys):
+    run_dir, _ = trained_run
+    one_line_error(capsys, main(["eval", str(run_dir), "--data", f"mnist:{tmp_path}"]), "not found")
+
+
+def _images(tmp_path, n=3):
+    from vitkit.data import build_dataset
+
+    ds = build_dataset("sample", "test")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(n):
+        img, _ = ds[i]
+        img.convert("RGB").resize((56, 56)).save(folder / f"img{i}.png")  # RGB and larger: converted + resized
+    return folder
+
+
+def test_predict_with_one_bad_file(trained_run, tmp_path, capsys):
+    run_dir, _ = trained_run
+    folder = _images(tmp_path)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rc = main(["predict", str(run_dir), str(folder), "--topk", "3"])
+    captured = capsys.readouterr()
+    assert rc == 1  # non-zero because one file failed ...
+    rows = [ln for ln in captured.out.splitlines()[1:] if ln.strip()]
+    assert len(rows) == 3  # ... but the three good images got answers
+    assert all("%" in r for r in rows)
+    assert "broken.png" in captured.err and "cannot read image" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_predict_json_glob_and_missing(trained_run, tmp_path, capsys):
+    run_dir, _ = trained_run
+    folder = _images(tmp_path, 2)
+    rc = main(["predict", str(run_dir), str(folder / "*.png"), str(tmp_path / "nothere.jpg"), "--json", "-k", "2"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    results = json.loads(captured.out)
+    ok = [r for r in results if "predictions" in r]
+    assert len(ok) == 2 and all(len(r["predictions"]) == 2 for r in ok)
+    from vitkit.data import FASHION_MNIST_CLASSES
+
+    assert ok[0]["predictions"][0]["name"] in FASHION_MNIST_CLASSES
+    assert sum(p["probability"] for p in ok[0]["predictions"]) <= 1.0 + 1e-6
+    assert next(r for r in results if "error" in r)["path"].endswith("nothere.jpg")
+
+
+def test_models_table_and_json(capsys):
+    assert main(["models", "vit_nano*"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_nano_patch4_28" in out and "GFLOPs" in out and "GMACs" in out and "28x28" in out
+    assert main(["models", "vit_*_28", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    import vitkit
+
+    assert set(rows) == set(vitkit.list_models("vit_*_28"))
+    nano = rows["vit_nano_patch4_28"]
+    assert nano["params"] == vitkit.create_model("vit_nano_patch4_28").num_params()
+    assert nano["gflops"] > 0 and nano["gmacs"] == pytest.approx(nano["gflops"] / 2, rel=1e-3)
+    assert nano["input_size"] == [1, 28, 28]
+    one_line_error(capsys, main(["models", "nothing_*"]), "no registered model")
+
+
+def test_info(capsys):
+    assert main(["info", "vit_nano_patch4_28", "--model-args", "depth=3"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens" in out and "heads" in out and "GFLOPs" in out
+    assert main(["info", "vit_nano_patch4_28", "--json", "--img-size", "56"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["stages"][0]["tokens"] == 14 * 14 + 1 and info["stages"][0]["blocks"] == 6
+    assert info["input_size"] == [1, 56, 56]
+
+
+def test_info_on_a_checkpoint(trained_run, capsys):
+    run_dir, _ = trained_run
+    assert main(["info", str(run_dir / "best"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["depth"] == 1 and info["stages"][0]["channels"] == 16
+
+
+def test_demo_tiny(tmp_path, capsys):
+    out = tmp_path / "demo"
+    small = ["--model-args", TINY, "--max-train-samples", "128", "--max-val-samples", "64", "--epochs", "1"]
+    rc = main(["demo", "--output-dir", str(out), *small, "--progress", "none"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "test accuracy (top-1)" in stdout and str(out) in stdout
+    assert (out / "eval" / "report.json").is_file()
+    assert (out / "eval" / "confusion_matrix.png").is_file()
+    assert (out / "plots" / "training_curves.png").is_file()
+
+
+def test_compare_skips_unregistered_names(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = [a for a in TINY_TRAIN if a not in ("--model", "vit_nano_patch4_28")]
+    rc = main(["compare", "--models", "vit_nano_patch4_28,swin_notyet_28", *args, "--output-dir", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "skipping swin_notyet_28" in captured.err
+    summary = json.loads((out / "compare.json").read_text())
+    (row,) = summary["results"]
+    assert row["model"] == "vit_nano_patch4_28" and 0 <= row["top1"] <= 100 and row["params_m"] > 0
+    assert row["gflops"] > 0 and row["sec_per_epoch"] > 0
+    assert (out / "vit_nano_patch4_28" / "eval" / "confusion_matrix.png").is_file()
+    assert "top-1 %" in captured.out and "macro-F1" in captured.out
+
+
+def test_default_compare_models_cover_each_registered_family(capsys):
+    from vitkit.cli.compare import default_models
+    from vitkit.registry import get_entry
+
+    chosen = default_models()
+    assert "vit_nano_patch4_28" in chosen
+    assert len({get_entry(n).family for n in chosen}) == len(chosen)
+    assert all(n.endswith("_28") for n in chosen)
+
+
+def test_bench_and_export_missing_module_is_one_line(monkeypatch, capsys):
+    for name in ("bench", "export"):
+        monkeypatch.setitem(sys.modules, f"vitkit.tools.{name}", None)  # as if not installed
+        one_line_error(capsys, main([name, "--anything"]), f"vitkit.tools.{name}")
+
+
+def test_plots_missing_matplotlib_is_a_note(monkeypatch, trained_run, tmp_path, capsys):
+    from vitkit.cli.train import plot_run
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    run_dir, _ = trained_run
+    assert plot_run(run_dir) is None
+    assert "vitkit[plots]" in capsys.readouterr().err
+    out = tmp_path / "ev"
+    assert main(["eval", str(run_dir), "--max-samples", "32", "--output-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "matplotlib" in report["plots"] and not (out / "confusion_matrix.png").exists()
+
+
+def test_python_dash_m_vitkit():
+    import os
+    from pathlib import Path
+
+    import vitkit
+
+    src = str(Path(vitkit.__file__).parents[1])  # this checkout's src/, not another installed copy
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "vitkit", *a], capture_output=True, text=True, env=env)
+    r = run("info", "nope")  # one start-up of the interpreter (a few seconds): the error path, end to end
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_image_helpers_keep_aspect(tmp_path):
+    from vitkit.predict import load_image
+
+    path = tmp_path / "wide.png"
+    Image.new("L", (120, 60), 255).save(path)
+    x = load_image(path, {"input_size": (1, 28, 28), "mean": (0.5,), "std": (0.5,), "crop_pct": 1.0})
+    assert x.shape == (1, 28, 28) and float(x.min()) == pytest.approx(1.0)
