@@ -195,7 +195,10 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], file
     cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
     headers = [h for _, h in columns]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
-    numeric = [all(_is_number(r.get(k)) for r in rows if r.get(k) is not None) for k, _ in columns]
+    numeric = [
+        any(_is_number(r.get(k)) for r in rows) and all(_is_number(r.get(k)) for r in rows if r.get(k) is not None)
+        for k, _ in columns
+    ]
 
     def fmt(values: list[str]) -> str:
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
