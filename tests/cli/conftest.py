@@ -22,3 +22,15 @@ def trained_run(tmp_path_factory):
         rc = main(["train", *TINY_TRAIN, "--output-dir", str(out)])
     assert rc == 0, buf.getvalue()
     return out, buf.getvalue()
+
+
+def one_line_error(capsys, rc, *needles):
+    """The error contract: exit status 2, exactly one line on stderr naming the problem, no traceback."""
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
