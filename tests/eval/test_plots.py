@@ -33,11 +33,11 @@ def test_training_curves_groups_series(tmp_path):
     assert len(records) == 10  # the torn line is ignored
     panels = training_curves(records)
     assert set(panels) == {"loss", "accuracy", "learning rate"}
-    assert set(panels["loss"]) == {"loss (per train)", "train_loss (per epoch)"}
+    assert set(panels["loss"]) == {"loss (per step)", "train_loss (per epoch)"}
     assert panels["loss"]["train_loss (per epoch)"] == ([4.0, 8.0], [1.0, 0.5])  # x = optimizer step
     assert set(panels["accuracy"]) == {"train_acc (per epoch)", "val_acc (per epoch)", "val_top5 (per epoch)"}
-    assert list(panels["learning rate"]) == ["lr (per train)"]  # the denser of the two lr series
-    assert len(panels["learning rate"]["lr (per train)"][0]) == 8
+    assert list(panels["learning rate"]) == ["lr (per step)"]  # the denser of the two lr series
+    assert len(panels["learning rate"]["lr (per step)"][0]) == 8
 
 
 def test_plot_training_curves_png(tmp_path):

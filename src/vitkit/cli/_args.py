@@ -177,6 +177,39 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
 
 
+def add_threads(parser: argparse.ArgumentParser, default: str = "0") -> None:
+    parser.add_argument(
+        "--threads",
+        default=default,
+        metavar="N",
+        help="CPU threads for torch: N, 0 = torch's default (all cores), auto = 1 when the machine is already busy "
+        f"(load average >= cores; small models then run many times faster) else all (default: {default})",
+    )
+
+
+def apply_threads(value: str) -> int:
+    """Set torch's intra-op threads from a --threads value; returns the number in use."""
+    import os
+
+    import torch
+
+    if value == "auto":
+        cores = os.cpu_count() or 1
+        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores
+        if busy:
+            torch.set_num_threads(1)
+        return torch.get_num_threads()
+    try:
+        n = int(value)
+    except ValueError:
+        raise VitkitError(f"--threads must be a number or 'auto', got {value!r}") from None
+    if n < 0:
+        raise VitkitError(f"--threads must be >= 0, got {n}")
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def resolve_device(name: str) -> str:
     import torch
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._args import print_table
+from vitkit.cli._args import add_threads, apply_threads, print_table
 from vitkit.cli.train import add_config_flags, config_from_args, is_main_process, plot_run
 
 FAMILIES = ("vit", "swin", "cvt")
@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-split", default="test", choices=["val", "test"], help="split to evaluate (default: test)")
     p.add_argument("--batch-size-eval", type=int, default=256, help="evaluation batch size (default: 256)")
     add_config_flags(p, exclude={"model"})
+    add_threads(p)
     p.set_defaults(output_dir_default="runs/compare")
 
 
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.utils.io import atomic_write_json
 
     base = config_from_args(args)
+    threads = apply_threads(args.threads)
     if base.output_dir == type(base)().output_dir:  # the training default; compare gets its own folder
         base = base.replace(output_dir=args.output_dir_default)
     root = Path(base.output_dir)
@@ -98,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
     dataset = None
     rows: list[dict[str, Any]] = []
     budget = f"{base.epochs} epochs" + (f" or {base.time_limit_minutes:g} min" if base.time_limit_minutes else "")
-    print(f"compare: {', '.join(models)} on {base.data}, budget {budget} each, outputs in {root}", file=sys.stderr)
+    print(
+        f"compare: {', '.join(models)} on {base.data}, budget {budget} each, {threads} CPU thread(s), "
+        f"outputs in {root}",
+        file=sys.stderr,
+    )
     for name in models:
         cfg = base.replace(model=name, output_dir=str(root / name))
         start = time.perf_counter()
@@ -141,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         "data": base.data,
         "eval_data": f"{eval_data} ({args.eval_split})",
         "budget": budget,
+        "threads": threads,
         "config": base.to_dict(),
         "results": rows,
     }

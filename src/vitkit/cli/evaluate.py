@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from vitkit.cli._args import add_device, resolve_device
+from vitkit.cli._args import add_device, add_threads, apply_threads, resolve_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-misclassified", type=int, default=32, help="images in the misclassified grid (default: 32)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     add_device(p)
+    add_threads(p)
 
 
 def default_output_dir(source: str, split: str) -> Path:
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_samples < 0:
         raise VitkitError(f"--max-samples must be >= 0 (got {args.max_samples})")
     device = resolve_device(args.device)
+    apply_threads(args.threads)
     model = load_model(args.source)
     dataset = load_dataset(args.data, args.split)
     result = evaluate(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._args import add_dataclass_flags, merged_config
+from vitkit.cli._args import add_dataclass_flags, add_threads, apply_threads, merged_config
 
 
 def add_config_flags(p: argparse.ArgumentParser, exclude: set[str] | None = None) -> None:
@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--print-config", action="store_true", help="print the merged settings as JSON and exit without training"
     )
     p.add_argument("--no-plots", action="store_true", help="do not draw the training curves at the end")
+    add_threads(p)
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None, **fixed: Any):
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from vitkit.train import train
 
+    apply_threads(args.threads)
     result = train(cfg)
     if not is_main_process():
         return 0

@@ -131,6 +131,7 @@ _PANELS = (  # (title, test on a metric name)
     ("learning rate", lambda k: k == "lr" or k.endswith("_lr") or k.startswith("lr")),
 )
 _KIND_KEYS = ("kind", "type", "event", "split", "phase")
+_KIND_LABELS = {"train": "per step", "step": "per step", "epoch": "per epoch"}
 
 
 def training_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
@@ -153,7 +154,7 @@ def training_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple[
                 continue
             for title, test in _PANELS:
                 if test(key.lower()):
-                    label = f"{key} (per {kind})" if kind else key
+                    label = f"{key} ({_KIND_LABELS.get(kind, kind)})" if kind else key
                     xs, ys = panels[title].setdefault(label, ([], []))
                     xs.append(x)
                     ys.append(float(value))
@@ -182,8 +183,9 @@ def plot_training_curves(metrics_jsonl: str | os.PathLike, path: str | os.PathLi
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if name == "loss" and all(y > 0 for _, ys in series.values() for y in ys):
-            ax.set_yscale("log")
+        values = [y for _, ys in series.values() for y in ys]
+        if name == "loss" and min(values) > 0 and max(values) / min(values) > 10:
+            ax.set_yscale("log")  # only when the loss spans more than a decade
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
