@@ -198,7 +198,7 @@ class TrainResult:
     """What :func:`vitkit.train.train` returns."""
 
     output_dir: Path
-    best_checkpoint: Path | None  # a directory from_pretrained() loads (EMA weights when ema_decay > 0)
+    best_checkpoint: Path | None  # a directory from_pretrained() loads (raw or EMA weights, whichever scored best)
     last_checkpoint: Path | None  # the resumable checkpoint (model weights + training state)
     final_model: Path | None  # output_dir/final: the weights to use (= best when validation ran)
     metrics: dict[str, float]  # last evaluation (val_loss, val_acc, val_top5, ...) plus train_loss

@@ -219,6 +219,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.module.load_state_dict({k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")})
+            ema.updates = state["ema_updates"]
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], tensors)
@@ -270,6 +271,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             "rng": rng_json,
             "classes": classes,
             "world_size": info.world_size,
+            "ema_updates": ema.updates if ema is not None else 0,
         }
         return save_checkpoint(out / name, model, state=state, tensors=tensors, weights=weights)
 
@@ -399,19 +401,21 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs or not finished_epoch:
             val = evaluate(model, val_loader, device, cfg.amp, info)
             record |= {f"val_{k}": v for k, v in val.items()}
-            score = val["acc"]
-            if ema is not None:
+            score, source = val["acc"], "model"
+            if ema is not None:  # the better of the raw and the averaged weights competes for best/
                 val_ema = evaluate(ema.module, val_loader, device, cfg.amp, info)
                 record |= {f"val_ema_{k}": v for k, v in val_ema.items()}
-                score = val_ema["acc"]
+                if val_ema["acc"] >= score:
+                    score, source = val_ema["acc"], "ema"
             improved = score > best["acc"]
             if improved:
-                best = {"acc": score, "epoch": epoch + 1, "bad_epochs": 0}
+                best = {"acc": score, "epoch": epoch + 1, "bad_epochs": 0, "source": source}
             else:
                 best["bad_epochs"] += 1
             record["best_val_acc"] = best["acc"]
             if improved:
-                checkpoint("best", at_epoch=epoch + 1, at_batch=0, weights=ema.module if ema else None, full=False)
+                weights = ema.module if source == "ema" else None
+                checkpoint("best", at_epoch=epoch + 1, at_batch=0, weights=weights, full=False)
             if cfg.early_stopping_patience and best["bad_epochs"] >= cfg.early_stopping_patience:
                 stop_reason = f"early stopping: no better val accuracy for {best['bad_epochs']} evaluations"
         history.append(record)

@@ -80,20 +80,31 @@ class WarmupCosine:
 
 
 class ModelEma:
-    """``ema = decay * ema + (1 - decay) * weights`` after every optimizer step; buffers are copied."""
+    """``ema = d * ema + (1 - d) * weights`` after every optimizer step; buffers are copied.
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
+    ``d = min(decay, (1 + n) / (10 + n))`` after n updates (timm's warm-up): with decay 0.9999 a short
+    run would otherwise evaluate weights that are still mostly the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        self.updates += 1
         ema_state = self.module.state_dict()
         for name, value in model.state_dict().items():
             ema = ema_state[name]
             if value.is_floating_point():
-                ema.mul_(self.decay).add_(value.detach(), alpha=1 - self.decay)
+                ema.mul_(d).add_(value.detach(), alpha=1 - d)
             else:
                 ema.copy_(value)
