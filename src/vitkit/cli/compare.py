@@ -17,7 +17,7 @@ from vitkit.cli.train import add_config_flags, config_from_args, is_main_process
 
 FAMILIES = ("vit", "swin", "cvt")
 # the small 28 px configuration of each family, when registered; else the family's smallest *_28 model
-PREFERRED = ("vit_nano_patch4_28", "swin_nano_patch2_28", "cvt_nano_28")
+PREFERRED = ("vit_nano_patch4_28", "swin_nano_patch2_window7_28", "cvt_nano_28")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
