@@ -169,3 +169,37 @@ def test_config_validation_files_and_cli(tmp_path, capsys):
     assert "done:" in capsys.readouterr().out and (out / "best" / "model.safetensors").is_file()
     assert cli_entry(argv) == 2  # already a run there: a one-line error, not a traceback
     assert "already holds a training run" in capsys.readouterr().err
+
+
+def _image_folder(root, n_per_class=8):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, color in enumerate(((220, 30, 30), (30, 30, 220))):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n_per_class):
+                Image.new("RGBA" if i % 2 else "RGB", (20 + i, 18), (*color, 255)[: 4 if i % 2 else 3]).save(
+                    d / f"{i}.png"
+                )
+    (root / "train" / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+
+
+def test_image_folder_training_with_workers_and_bad_files(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    cfg = tiny(
+        tmp_path,
+        data=f"folder:{tmp_path / 'imgs'}",
+        model_args="depth=1,embed_dim=32,num_heads=2",
+        max_train_samples=0,
+        max_val_samples=0,
+        batch_size=17,  # one batch: every training image, the broken one included
+        epochs=1,
+        num_workers=1,
+    )
+    with pytest.raises(VitkitError, match=r"broken\.jpg: cannot read image"):
+        train(cfg)
+    result = train(cfg.replace(skip_bad_images=True, overwrite_output_dir=True))
+    assert result.history[-1]["skipped_images"] == 1
+    model = vitkit.from_pretrained(result.best_checkpoint)
+    assert model.config.in_chans == 3 and model.class_names == ["class0", "class1"]

@@ -287,12 +287,12 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
     while epoch < cfg.epochs and stop_reason is None:
         net.train()
         bar = Progress(
-            batches_per_epoch,
+            steps_per_epoch,
             f"epoch {epoch + 1}/{cfg.epochs}",
             mode=cfg.progress if main else "none",
             log_every=cfg.log_every,
         )
-        bar.n = batch_in_epoch
+        bar.n = batch_in_epoch // cfg.accum_steps
         group_loss = torch.zeros(3, dtype=torch.float64)  # loss sum, images, non-finite flag
         b = batch_in_epoch - 1
         for b, (x, y, skipped) in enumerate(train_loader.batches(epoch, start=batch_in_epoch), start=batch_in_epoch):
