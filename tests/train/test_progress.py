@@ -37,3 +37,28 @@ def test_metrics_log_truncates_records_after_a_resumed_step(tmp_path):
         f.write('{"type": "train", "st')  # a line cut by a crash
     log.truncate_after(2)
     assert [json.loads(x)["step"] for x in log.path.read_text().splitlines()] == [1, 2]
+
+
+def test_tensorboard_mirror_when_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, logdir):
+            calls.append(("init", logdir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def close(self):
+            calls.append(("close",))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    log = MetricsLog(tmp_path, tensorboard=True)
+    log.write({"type": "epoch", "step": 7, "epoch": 1, "val_acc": 0.5, "note": "text is skipped"})
+    log.close()
+    assert calls == [("init", str(tmp_path / "tensorboard")), ("epoch/val_acc", 0.5, 7), ("close",)]
