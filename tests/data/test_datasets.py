@@ -189,3 +189,33 @@ def test_csv_dataset(tmp_path):
 def test_unknown_source():
     with pytest.raises(VitkitError, match="not understood"):
         build_dataset("imagenet-on-mars", "train")
+
+
+def test_download_writes_verified_files_then_loads(tmp_path, monkeypatch):
+    import hashlib
+
+    blobs = {}
+    for prefix, n in (("train", 6), ("t10k", 2)):
+        write_idx(tmp_path / "src" / f"{prefix}-images-idx3-ubyte.gz", np.full((n, 28, 28), 9, np.uint8))
+        write_idx(tmp_path / "src" / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10)
+    for p in (tmp_path / "src").iterdir():
+        blobs[p.name] = p.read_bytes()
+    sums = {name: hashlib.md5(b).hexdigest() for name, b in blobs.items()}
+    monkeypatch.setitem(dsmod.IDX_SOURCES, "mnist", ("https://example.invalid/", sums))
+
+    class Resp:
+        def __init__(self, url):
+            self.data = blobs[url.rsplit("/", 1)[1]]
+
+        def read(self):
+            return self.data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(dsmod.urllib.request, "urlopen", lambda url, timeout: Resp(url))
+    ds = build_dataset(f"mnist:{tmp_path / 'dl'}", "train", download=True)
+    assert len(ds) == 6 and sorted(p.name for p in (tmp_path / "dl").iterdir()) == sorted(blobs)
