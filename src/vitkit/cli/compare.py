@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
             ("gflops", "GFLOPs"),
             ("epochs", "epochs"),
             ("sec_per_epoch", "s/epoch"),
+            ("train_minutes", "train min"),
             ("top1", "top-1 %"),
             ("macro_f1", "macro-F1"),
         ],
