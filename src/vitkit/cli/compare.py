@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.cli._args import add_threads, apply_threads, print_table
-from vitkit.cli.train import add_config_flags, config_from_args, is_main_process, plot_run
+from vitkit.cli.train import add_config_flags, checkpoint_for_test, config_from_args, is_main_process, plot_run
 
 FAMILIES = ("vit", "swin", "cvt")
 # the small 28 px configuration of each family, when registered; else the family's smallest *_28 model
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if not is_main_process():
             continue
         plot_run(result.output_dir, quiet=True)
-        ckpt = result.final_model or result.best_checkpoint or result.last_checkpoint or result.output_dir
+        ckpt, selection = checkpoint_for_test(cfg, result)
         model = load_model(ckpt)
         if dataset is None:
             dataset = load_dataset(eval_data, args.eval_split)
@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 "stopped_early": result.stopped_early,
                 "confusion_matrix": report["files"].get("confusion_matrix"),
                 "checkpoint": str(ckpt),
+                "checkpoint_selection": selection,
             }
         )
         print(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.cli._args import add_threads, apply_threads
-from vitkit.cli.train import add_config_flags, config_from_args, plot_run
+from vitkit.cli.train import add_config_flags, checkpoint_for_test, config_from_args, plot_run
 
 # A 4-block ViT on 7x7 patches (4x4 tokens + [CLS], 0.46 M parameters): on the 5,000-image sample it learns
 # faster per second than 4x4 patches (50 tokens), measured in docs/CLI.md. 15 epochs = 75k images.
@@ -45,7 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from vitkit.eval.checkpoint import load_model
     from vitkit.eval.evaluate import evaluate, load_dataset, write_eval_outputs
     from vitkit.train import train
@@ -54,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
     threads = apply_threads(args.threads)
     print(
         f"vitkit demo: training {cfg.model} ({cfg.model_args or 'registered config'}) from scratch on "
-        f"{cfg.data!r} (bundled Fashion-MNIST sample) for {cfg.epochs} epochs on {threads} CPU thread(s)...",
+        f"{cfg.data!r}{' (the bundled Fashion-MNIST sample)' if cfg.data == 'sample' else ''} for {cfg.epochs} "
+        f"epochs on {threads} CPU thread(s)...",
         file=sys.stderr,
     )
     start = time.perf_counter()
     result = train(cfg)
     train_seconds = time.perf_counter() - start
-    ckpt = result.final_model or result.best_checkpoint or result.last_checkpoint or result.output_dir
+    ckpt, selection = checkpoint_for_test(cfg, result)
     model = load_model(ckpt)
     dataset = load_dataset(cfg.val_data or cfg.data, "test")
     ev = evaluate(model, dataset, source=cfg.val_data or cfg.data)
@@ -71,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
         model=model,
         dataset=dataset,
         title=str(cfg.model),
-        extra={"model": cfg.model, "train_seconds": round(train_seconds, 1), "epochs": len(result.history)},
+        extra={
+            "model": cfg.model,
+            "checkpoint": str(ckpt),
+            "checkpoint_selection": selection,
+            "train_seconds": round(train_seconds, 1),
+            "epochs": len(result.history),
+        },
     )
     curves = plot_run(out, quiet=True)
     total = time.perf_counter() - start
@@ -96,5 +102,5 @@ def run(args: argparse.Namespace) -> int:
         )
     if "plots" in report:
         print(f"note: {report['plots']}")
-    print(f"next: vitkit predict {ckpt} IMAGE.png   |   vitkit eval {out} --data sample")
+    print(f"next: vitkit predict {ckpt} IMAGE.png   |   vitkit eval {ckpt} --data sample")
     return 0

@@ -66,6 +66,21 @@ def plot_run(output_dir: str | Path, quiet: bool = False) -> Path | None:
     return path
 
 
+def checkpoint_for_test(cfg: Any, result: Any) -> tuple[Path, str]:
+    """The weights to report a *test* score for, and why.
+
+    Without a held-out validation split the engine validates on the test split, so its ``best`` checkpoint was
+    chosen by looking at the test set; the weights at the end of the budget are then the honest choice.
+    """
+    held_out = bool(cfg.val_data) or cfg.val_fraction > 0
+    if held_out and result.best_checkpoint is not None:
+        return Path(result.best_checkpoint), "best on the held-out validation split"
+    if result.last_checkpoint is not None:
+        why = "last (end of the budget; the test split is not used to pick a checkpoint)"
+        return Path(result.last_checkpoint), why
+    return Path(result.final_model or result.best_checkpoint or result.output_dir), "final"
+
+
 def _fmt_metrics(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
