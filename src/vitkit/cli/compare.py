@@ -61,7 +61,7 @@ def default_models(out=None) -> list[str]:
 
 
 def _seconds_per_epoch(history: list[dict[str, Any]], wall: float) -> float | None:
-    """Training wall-clock per epoch (evaluation included) from the last epoch record's ``time_s``."""
+    """Training wall-clock per epoch from the last epoch record's ``time_s`` (taken before its validation pass)."""
     if not history:
         return None
     last = history[-1]
