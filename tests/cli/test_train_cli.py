@@ -74,6 +74,7 @@ def test_error_lines(tmp_path, capsys):
     one_line_error(capsys, main(["info", "vit_nope"]), "unknown model")
     one_line_error(capsys, main(["eval", str(tmp_path)]), "config.json")
     one_line_error(capsys, main(["nope"]), "nope")
+    one_line_error(capsys, main(["predict", str(tmp_path), "x.png", "--threads", "many"]), "--threads", "many")
 
 
 def test_debug_shows_the_exception():

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 "params_m": round(stats.params / 1e6, 3),
                 "gflops": round(stats.gflops, 4),
                 "epochs": round(float(result.history[-1]["epoch"]), 2) if result.history else 0,
-                "sec_per_epoch": round(s, 1) if (s := _seconds_per_epoch(result.history, wall)) else None,
+                "sec_per_epoch": round(s, 3) if (s := _seconds_per_epoch(result.history, wall)) else None,
                 "train_minutes": round(wall / 60, 2),
                 "top1": round(ev.top1 * 100, 2),
                 "macro_f1": round(ev.macro_f1, 4),
