@@ -123,3 +123,7 @@ def test_bench_and_export_missing_module_is_one_line(monkeypatch, capsys):
     for name in ("bench", "export"):
         monkeypatch.setitem(sys.modules, f"vitkit.tools.{name}", None)  # as if not installed
         one_line_error(capsys, main([name, "--anything"]), f"vitkit.tools.{name}")
+    import types
+
+    monkeypatch.setitem(sys.modules, "vitkit.tools.export", types.ModuleType("vitkit.tools.export"))  # no entry points
+    one_line_error(capsys, main(["export"]), "vitkit.tools.export has no add_arguments / run")

@@ -34,15 +34,19 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def _importable(module: str) -> bool:
-    """False only when ``module`` itself (or its package) is missing; its own import errors still surface."""
+def _unavailable(module: str) -> str | None:
+    """Why an optional command's module cannot serve (missing, or without ``add_arguments``/``run``), else None.
+
+    Only the module itself (or its package) being absent counts; its own broken imports still surface.
+    """
     try:
-        importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ImportError as e:
         if e.name is not None and module.startswith(e.name):
-            return False
+            return f"{module} is not installed"
         raise
-    return True
+    missing = [f for f in ("add_arguments", "run") if not callable(getattr(mod, f, None))]
+    return f"{module} has no {' / '.join(missing)}" if missing else None
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -77,8 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         chosen = _command_in(argv)
-        if chosen in OPTIONAL and not _importable(COMMANDS[chosen][0]):
-            print(f"vitkit {chosen}: not available: {COMMANDS[chosen][0]} is not installed", file=sys.stderr)
+        why = _unavailable(COMMANDS[chosen][0]) if chosen in OPTIONAL else None
+        if why:
+            print(f"vitkit {chosen}: not available: {why}", file=sys.stderr)
             return 2
         parser = build_parser(argv)
         try:
