@@ -1,0 +1,124 @@
+"""The ``vitkit`` command line: ``vitkit <command> [options]`` (also ``python -m vitkit``).
+
+Each command lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``; modules are
+imported only when their command runs. Errors the user can fix (unknown model, missing data, a bad
+value: :class:`vitkit.errors.VitkitError`) are printed as one line on stderr with exit status 2;
+``--debug`` (or ``VITKIT_DEBUG=1``) shows the traceback instead.
+"""
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from vitkit.cli._args import Parser, add_debug
+
+# name: (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("vitkit.cli.train", "train or fine-tune a model (settings from flags and/or a YAML/TOML file)"),
+    "eval": ("vitkit.cli.evaluate", "evaluate a checkpoint: top-1/top-5, macro-F1, confusion matrix, report"),
+    "predict": ("vitkit.cli.predict", "classify image files, folders or globs (top-k with class names)"),
+    "models": ("vitkit.cli.models", "list registered models with parameters, GFLOPs and resolution"),
+    "info": ("vitkit.cli.info", "architecture summary of one model, stage by stage"),
+    "demo": ("vitkit.cli.demo", "offline demo: train + evaluate a small ViT on the bundled Fashion-MNIST sample"),
+    "compare": ("vitkit.cli.compare", "train + evaluate one small model per family on the same data and budget"),
+    "bench": ("vitkit.tools.bench", "benchmark speed and memory (vitkit.tools.bench)"),
+    "export": ("vitkit.tools.export", "export a model to ONNX / TorchScript (vitkit.tools.export)"),
+}
+OPTIONAL = {"bench", "export"}  # provided by vitkit.tools, which may not be installed
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _unavailable(module: str) -> str | None:
+    """Why an optional command's module cannot serve (missing, or without ``add_arguments``/``run``), else None.
+
+    Only the module itself (or its package) being absent counts; its own broken imports still surface.
+    """
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        if e.name is not None and module.startswith(e.name):
+            return f"{module} is not installed"
+        raise
+    missing = [f for f in ("add_arguments", "run") if not callable(getattr(mod, f, None))]
+    return f"{module} has no {' / '.join(missing)}" if missing else None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The full parser; only the command named in ``argv`` (if any) imports its module's options."""
+    from vitkit import __version__
+
+    parser = Parser(
+        prog="vitkit",
+        description="ViT, Swin Transformer and CvT from first principles: train, evaluate, predict, compare.",
+        epilog="Run `vitkit <command> --help` for a command's options. Start with `vitkit demo`.",
+    )
+    parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    add_debug(parser, suppress_default=False)
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
+    chosen = _command_in(argv)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_debug(p)
+        if name != chosen:
+            continue  # options are added only for the command that runs (keeps `vitkit models` fast)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("VITKIT_DEBUG", "") not in ("", "0")
+    from vitkit.errors import VitkitError
+
+    try:
+        chosen = _command_in(argv)
+        why = _unavailable(COMMANDS[chosen][0]) if chosen in OPTIONAL else None
+        if why:
+            print(f"vitkit {chosen}: not available: {why}", file=sys.stderr)
+            return 2
+        parser = build_parser(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version, or a usage error already printed as one line
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return int(args._run(args) or 0)
+    except VitkitError as e:
+        if debug:
+            raise
+        print(f"vitkit: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `vitkit models | head`: the reader left, nothing to report
+        with contextlib.suppress(OSError):  # keep the interpreter's final flush quiet
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
+    except KeyboardInterrupt:
+        print("vitkit: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        if debug:
+            raise
+        print(f"vitkit: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug, not a user error: still one line unless --debug
+        if debug:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(
+            f"vitkit: internal error: {type(e).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr
+        )
+        return 1
+
+
+__all__ = ["COMMANDS", "build_parser", "main"]

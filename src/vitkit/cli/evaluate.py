@@ -1,0 +1,79 @@
+"""``vitkit eval SOURCE --data DATA``: metrics, confusion matrix, misclassified examples, JSON report."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vitkit.cli._args import add_device, add_threads, apply_threads, resolve_device
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "source",
+        help="a training output_dir (uses final/, best/ or last/), a checkpoint directory, hf-hub:org/name, "
+        "or a registered model name with default weights",
+    )
+    p.add_argument(
+        "--data",
+        default="sample",
+        help="data source, as for training: sample | fashion-mnist:DIR | mnist:DIR | cifar10:DIR | "
+        "cifar100:DIR | folder:DIR | csv:FILE (default: sample)",
+    )
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default: test)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--max-samples", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="where report.json and the PNGs go (default: SOURCE/eval-SPLIT for a local checkpoint, else runs/eval)",
+    )
+    p.add_argument("--num-misclassified", type=int, default=32, help="images in the misclassified grid (default: 32)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
+    add_device(p)
+    add_threads(p)
+
+
+def default_output_dir(source: str, split: str) -> Path:
+    path = Path(source).expanduser()
+    return path / f"eval-{split}" if path.is_dir() else Path("runs") / "eval"
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitkit.errors import VitkitError
+    from vitkit.eval.checkpoint import load_model
+    from vitkit.eval.evaluate import evaluate, format_report, load_dataset, write_eval_outputs
+
+    if args.batch_size < 1:
+        raise VitkitError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    if args.max_samples < 0:
+        raise VitkitError(f"--max-samples must be >= 0 (got {args.max_samples})")
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    model = load_model(args.source)
+    dataset = load_dataset(args.data, args.split)
+    result = evaluate(
+        model, dataset, batch_size=args.batch_size, device=device, max_samples=args.max_samples, source=args.data
+    )
+    out = Path(args.output_dir) if args.output_dir else default_output_dir(args.source, args.split)
+    extra = {"model": getattr(model, "model_name", None), "checkpoint": str(args.source), "split": args.split}
+    report = write_eval_outputs(
+        result,
+        out,
+        model=model,
+        dataset=dataset,
+        num_misclassified=args.num_misclassified,
+        title=str(extra["model"] or ""),
+        extra=extra,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        if "plots" in report:
+            print(f"note: {report['plots']}", file=sys.stderr)
+        print(
+            f"report: {out / 'report.json'}"
+            + "".join(f"\n{k}: {v}" for k, v in report["files"].items() if k != "report")
+        )
+    return 0

@@ -1,0 +1,114 @@
+"""``vitkit train``: every :class:`vitkit.train.TrainConfig` field is a flag; ``--config`` reads a file first.
+
+Precedence: the dataclass defaults < the ``--config`` file (YAML/TOML/JSON) < flags on the command line.
+After training, the training curves (loss, accuracy, learning rate) are drawn from the run's metrics.jsonl.
+Under ``torchrun`` every process trains; only rank 0 prints the summary and draws the plots.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from vitkit.cli._args import add_dataclass_flags, add_threads, apply_threads, merged_config
+
+
+def add_config_flags(p: argparse.ArgumentParser, exclude: set[str] | None = None) -> None:
+    from vitkit.train.config import TrainConfig
+
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="read settings from a .yaml/.yml/.toml/.json file (its keys are the flag names with underscores); "
+        "flags given on the command line override it",
+    )
+    group = p.add_argument_group("training settings (TrainConfig)")
+    p.set_defaults(_config_fields=add_dataclass_flags(group, TrainConfig, exclude=exclude))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_flags(p)
+    p.add_argument(
+        "--print-config", action="store_true", help="print the merged settings as JSON and exit without training"
+    )
+    p.add_argument("--no-plots", action="store_true", help="do not draw the training curves at the end")
+    add_threads(p)
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None, **fixed: Any):
+    from vitkit.train.config import TrainConfig
+
+    return merged_config(TrainConfig, args, args._config_fields, base, **fixed)
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def plot_run(output_dir: str | Path, quiet: bool = False) -> Path | None:
+    """training_curves.png from output_dir/metrics.jsonl; without matplotlib a note, not a failure."""
+    from vitkit.eval.plots import PlotsUnavailable, plot_training_curves
+
+    metrics = Path(output_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        print(f"note: no {metrics} to plot", file=sys.stderr)
+        return None
+    try:
+        path = plot_training_curves(metrics, Path(output_dir) / "plots" / "training_curves.png", str(output_dir))
+    except PlotsUnavailable as e:
+        print(f"note: training curves not drawn: {e}", file=sys.stderr)
+        return None
+    if not quiet:
+        print(f"training curves: {path}")
+    return path
+
+
+def checkpoint_for_test(cfg: Any, result: Any) -> tuple[Path, str]:
+    """The weights to report a *test* score for, and why.
+
+    Without a held-out validation split the engine validates on the test split, so its ``best`` checkpoint was
+    chosen by looking at the test set; the weights at the end of the budget are then the honest choice.
+    """
+    held_out = bool(cfg.val_data) or cfg.val_fraction > 0
+    if held_out and result.best_checkpoint is not None:
+        return Path(result.best_checkpoint), "best on the held-out validation split"
+    if result.last_checkpoint is not None:
+        why = "last (end of the budget; the test split is not used to pick a checkpoint)"
+        return Path(result.last_checkpoint), why
+    return Path(result.final_model or result.best_checkpoint or result.output_dir), "final"
+
+
+def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2, default=list))
+        return 0
+    from vitkit.train import train
+
+    apply_threads(args.threads)
+    result = train(cfg)
+    if not is_main_process():
+        return 0
+    print(
+        f"\nfinished: {result.output_dir}"
+        + (f" (stopped early: {result.stopped_early})" if result.stopped_early else "")
+    )
+    if result.metrics:
+        print(f"metrics: {_fmt_metrics(result.metrics)}")
+    for label, path in (
+        ("model", result.final_model),
+        ("best", result.best_checkpoint),
+        ("last", result.last_checkpoint),
+    ):
+        if path is not None:
+            print(f"{label}: {path}")
+    if not args.no_plots:
+        plot_run(result.output_dir)
+    return 0

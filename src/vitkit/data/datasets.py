@@ -1,0 +1,496 @@
+"""Data sets without torchvision: IDX (Fashion-MNIST, MNIST), CIFAR python batches, image folders, CSV.
+
+Two kinds, both with ``classes``, ``targets`` and ``__getitem__(i) -> (PIL image, label)``:
+
+* :class:`ArrayDataset` keeps every image as one uint8 array in memory (IDX, CIFAR). The training
+  loader augments whole batches of it as tensors, so no worker processes are needed.
+* :class:`FileDataset` holds ``(path, label)`` pairs and decodes files on demand (folder, CSV).
+"""
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from vitkit.data.images import IMAGE_EXTENSIONS, array_to_image, open_image
+from vitkit.errors import VitkitError
+from vitkit.utils.io import atomic_write
+
+SAMPLE_DIR = Path(__file__).parent / "sample"
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+MNIST_CLASSES = [str(i) for i in range(10)]
+
+# file name -> md5 of the official gzip file (the same values torchvision checks)
+IDX_SOURCES = {
+    "fashion-mnist": (
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+}
+
+
+# --- the two data set kinds ------------------------------------------------------------------------
+@dataclass
+class ArrayDataset:
+    """All images in memory: ``images`` uint8 (N, H, W) or (N, H, W, C); ``targets`` int64 (N,)."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    classes: list[str]
+    source: str = ""
+    in_memory = True
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.targets):
+            raise VitkitError(f"{self.source}: {len(self.images)} images but {len(self.targets)} labels")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.images.ndim == 3 else self.images.shape[-1]
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return array_to_image(self.images[i]), int(self.targets[i])
+
+    def subset(self, indices: np.ndarray) -> "ArrayDataset":
+        return ArrayDataset(self.images[indices], self.targets[indices], self.classes, self.source)
+
+
+@dataclass
+class FileDataset:
+    """Image files decoded on demand; ``samples`` are (path, label) pairs."""
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    source: str = ""
+    channels: int = 3
+    in_memory = False
+    skipped: int = field(default=0)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.array([t for _, t in self.samples], dtype=np.int64)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[i]
+        return open_image(path), label
+
+    def subset(self, indices: np.ndarray) -> "FileDataset":
+        return FileDataset([self.samples[i] for i in indices], self.classes, self.source, self.channels)
+
+
+Dataset = ArrayDataset | FileDataset
+
+
+# --- IDX (Fashion-MNIST, MNIST) --------------------------------------------------------------------
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (gzipped or not): magic 0x0000 + dtype code + ndim, big-endian sizes, data."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise VitkitError(f"{path}: cannot read IDX file ({e}); re-download it") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise VitkitError(f"{path}: not an IDX file (bad magic number)")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise VitkitError(f"{path}: unknown IDX data type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    dtype = np.dtype(dtypes[data[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    payload = data[4 + 4 * ndim :]
+    if len(payload) != expected:
+        raise VitkitError(f"{path}: truncated IDX file ({len(payload)} data bytes, header says {expected})")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_idx(kind: str, directory: str | os.PathLike) -> None:
+    """Fetch the four official files into ``directory`` and check their MD5 sums."""
+    base, files = IDX_SOURCES[kind]
+    directory = Path(directory)
+    for name, md5 in files.items():
+        dest = directory / name
+        if dest.is_file():
+            continue
+        url = base + name
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                blob = r.read()
+        except Exception as e:
+            raise VitkitError(
+                f"could not download {url} ({type(e).__name__}: {e}); put the four {kind} files "
+                f"({', '.join(files)}) into {directory} yourself"
+            ) from None
+        got = hashlib.md5(blob, usedforsecurity=False).hexdigest()
+        if got != md5:
+            raise VitkitError(f"{url}: checksum mismatch (md5 {got}, expected {md5}); not saved")
+
+        def write(tmp: str, blob: bytes = blob) -> None:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+
+        atomic_write(dest, write)
+
+
+def _idx_files(directory: Path, prefix: str) -> tuple[Path, Path]:
+    found = []
+    for part in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        for cand in (f"{prefix}-{part}.gz", f"{prefix}-{part}", f"{prefix}-{part.replace('-idx', '.idx')}"):
+            if (directory / cand).is_file():
+                found.append(directory / cand)
+                break
+        else:
+            return None  # type: ignore[return-value]
+    return found[0], found[1]
+
+
+def load_idx(kind: str, directory: str | os.PathLike, split: str, download: bool = False) -> ArrayDataset:
+    """``split`` is 'train' or 'test' (the files' own split)."""
+    directory = Path(directory).expanduser()
+    prefix = "train" if split == "train" else "t10k"
+    files = _idx_files(directory, prefix) if directory.is_dir() else None
+    if files is None and download:
+        download_idx(kind, directory)
+        files = _idx_files(directory, prefix)
+    if files is None:
+        names = ", ".join(IDX_SOURCES[kind][1])
+        raise VitkitError(
+            f"{kind}: {prefix}-images-idx3-ubyte(.gz) / {prefix}-labels-idx1-ubyte(.gz) not found in {directory}. "
+            f"Put the official files ({names}) there, or pass download=True (--download) on a machine with network"
+        )
+    images, labels = read_idx(files[0]), read_idx(files[1])
+    if images.ndim != 3:
+        raise VitkitError(f"{files[0]}: expected (N, H, W) images, got shape {images.shape}")
+    classes = FASHION_MNIST_CLASSES if kind == "fashion-mnist" else MNIST_CLASSES
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise VitkitError(f"{files[1]}: labels outside 0..{len(classes) - 1}")
+    return ArrayDataset(images.astype(np.uint8), labels.astype(np.int64), list(classes), f"{kind}:{directory}")
+
+
+# --- CIFAR python batches, through an unpickler that can only build dicts, lists and numpy arrays ----
+class RestrictedUnpickler(pickle.Unpickler):
+    """Refuses every global except what a numpy array's reconstruction needs; nothing can run code."""
+
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # protocol-2 pickles from Python 3 spell bytes as encode(str, 'latin1')
+        ("builtins", "bytearray"),
+        ("__builtin__", "bytearray"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+
+
+def safe_unpickle(path: str | os.PathLike) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise VitkitError(f"{path}: refused to unpickle ({e}); CIFAR batches contain only arrays and lists") from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise VitkitError(f"{path}: cannot read pickle ({type(e).__name__}: {e})") from None
+
+
+def _key(d: dict, name: str, path: Path) -> Any:
+    for k in (name.encode(), name):
+        if k in d:
+            return d[k]
+    raise VitkitError(f"{path}: no {name!r} entry (is this a CIFAR python batch?)")
+
+
+def load_cifar(kind: str, directory: str | os.PathLike, split: str) -> ArrayDataset:
+    """CIFAR-10: data_batch_1..5 / test_batch + batches.meta; CIFAR-100: train / test + meta (fine labels)."""
+    directory = Path(directory).expanduser()
+    sub = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
+    if (directory / sub).is_dir():
+        directory = directory / sub
+    if kind == "cifar10":
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        meta_name, label_key, names_key = "batches.meta", "labels", "label_names"
+    else:
+        names = ["train"] if split == "train" else ["test"]
+        meta_name, label_key, names_key = "meta", "fine_labels", "fine_label_names"
+    missing = [n for n in [*names, meta_name] if not (directory / n).is_file()]
+    if missing:
+        raise VitkitError(
+            f"{kind}: {', '.join(missing)} not found in {directory}; extract the python version "
+            f"({sub}.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html) there"
+        )
+    images, labels = [], []
+    for n in names:
+        d = safe_unpickle(directory / n)
+        data = np.asarray(_key(d, "data", directory / n), dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise VitkitError(f"{directory / n}: expected data of shape (N, 3072), got {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # (N, H, W, C)
+        labels.append(np.asarray(_key(d, label_key, directory / n), dtype=np.int64))
+    meta = safe_unpickle(directory / meta_name)
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _key(meta, names_key, directory / meta_name)]
+    return ArrayDataset(np.concatenate(images), np.concatenate(labels), classes, f"{kind}:{directory}")
+
+
+# --- image folders and CSV files -------------------------------------------------------------------
+def _scan_class_dirs(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise VitkitError(f"{root}: no class sub-folders (expected {root}/<class name>/<image files>)")
+    samples = []
+    for label, name in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
+                    samples.append((os.path.join(dirpath, fn), label))
+    if not samples:
+        raise VitkitError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
+    return samples, classes
+
+
+SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+def _split_dir(root: Path, split: str) -> Path | None:
+    for name in SPLIT_DIRS[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def load_csv(path: str | os.PathLike) -> FileDataset:
+    """Rows ``path,label`` (an optional header row ``path,label``); relative paths from the CSV's folder."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise VitkitError(f"CSV file {path} does not exist")
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2:
+                raise VitkitError(f"{path}:{lineno}: expected 'path,label', got {row!r}")
+            if lineno == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+                continue
+            rows.append((row[0].strip(), row[1].strip(), lineno))
+    if not rows:
+        raise VitkitError(f"{path}: no rows")
+    labels = {r[1] for r in rows}
+    numeric = all(lbl.lstrip("-").isdigit() for lbl in labels)
+    classes = sorted(labels, key=int) if numeric else sorted(labels)
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for p, lbl, _ in rows:
+        full = Path(p) if os.path.isabs(p) else path.parent / p
+        samples.append((str(full), index[lbl]))
+    return FileDataset(samples, classes, f"csv:{path}")
+
+
+# --- splits ----------------------------------------------------------------------------------------
+def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices): ``fraction`` of every class, chosen with ``seed``, held out."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_val = round(len(idx) * fraction)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _carve(ds: Dataset, split: str, fraction: float, seed: int) -> Dataset:
+    train_idx, val_idx = stratified_split(ds.targets, fraction, seed)
+    return ds.subset(train_idx if split == "train" else val_idx)
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """'fashion-mnist:/data/fm' -> ('fashion-mnist', '/data/fm'); a bare path gets its kind guessed."""
+    kinds = ("fashion-mnist", "mnist", "cifar10", "cifar100", "folder", "csv", "sample")
+    kind, sep, rest = source.partition(":")
+    if sep and kind.lower() in kinds:
+        return kind.lower(), rest
+    if source.lower() in kinds:
+        return source.lower(), ""
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        return "csv", source
+    if path.is_dir():
+        if _idx_files(path, "train") or _idx_files(path, "t10k"):
+            return "fashion-mnist" if "fashion" in str(path).lower() else "mnist", source
+        if (path / "cifar-10-batches-py").is_dir() or (path / "data_batch_1").is_file():
+            return "cifar10", source
+        if (path / "cifar-100-python").is_dir() or (path / "meta").is_file():
+            return "cifar100", source
+        return "folder", source
+    raise VitkitError(
+        f"data source {source!r} is not understood: use sample, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, "
+        "cifar100:DIR, folder:DIR or csv:FILE (or an existing directory / .csv file)"
+    )
+
+
+def build_dataset(
+    source: str,
+    split: str = "train",
+    *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    download: bool = False,
+) -> Dataset:
+    """Load split 'train', 'val' or 'test' of a data source (see :func:`parse_source`).
+
+    'val' is the source's own validation split when it has one (folder ``val/``), else a stratified
+    ``val_fraction`` of the training set (then 'train' excludes it), else the test split. Folders
+    without split sub-folders and without ``val_fraction`` hold out 10% for 'val'.
+    """
+    if split not in ("train", "val", "test", "all"):
+        raise VitkitError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
+    kind, path = parse_source(source)
+    if split == "all" and kind in ("csv", "folder"):  # every file, e.g. a separate validation source
+        if kind == "csv":
+            return load_csv(path)
+        samples, classes = _scan_class_dirs(Path(path).expanduser())
+        return FileDataset(samples, classes, f"folder:{path}")
+    if split == "all":
+        split = "test"  # array data sets: their held-out split
+    if kind in ("sample", "fashion-mnist", "mnist", "cifar10", "cifar100"):
+        if kind == "sample":
+            kind, path = "fashion-mnist", str(SAMPLE_DIR)
+        if not path:
+            path = str(Path.home() / ".cache" / "vitkit" / kind)
+
+        def load(s: str) -> ArrayDataset:
+            return load_idx(kind, path, s, download) if "mnist" in kind else load_cifar(kind, path, s)
+
+        if split == "test" or (split == "val" and val_fraction == 0):
+            ds = load("test")
+        else:
+            ds = load("train")
+            if val_fraction > 0:
+                ds = _carve(ds, split, val_fraction, seed)
+        if source == "sample":
+            ds.source = "sample"
+        return ds
+    if kind == "csv":
+        ds = load_csv(path)
+        return _carve(ds, split, val_fraction, seed) if val_fraction > 0 else ds
+    # folder
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise VitkitError(f"image folder {root} does not exist")
+    train_dir = _split_dir(root, "train")
+    if train_dir is None:  # root/<class>/...: hold out a part for validation
+        samples, classes = _scan_class_dirs(root)
+        ds = FileDataset(samples, classes, f"folder:{root}")
+        if split == "test":
+            raise VitkitError(f"{root}: no test/ sub-folder (layout: {root}/train|val|test/<class>/<images>)")
+        return _carve(ds, split, val_fraction or 0.1, seed)
+    _, classes = _scan_class_dirs(train_dir)
+    wanted = _split_dir(root, split)
+    if wanted is None and split == "val":
+        if val_fraction > 0 or _split_dir(root, "test") is None:
+            return build_dataset(f"folder:{train_dir}", "val", val_fraction=val_fraction or 0.1, seed=seed)
+        wanted = _split_dir(root, "test")
+    if wanted is None:
+        raise VitkitError(f"{root}: no {split}/ sub-folder")
+    if split == "train" and val_fraction > 0 and _split_dir(root, "val") is None:
+        return build_dataset(f"folder:{train_dir}", "train", val_fraction=val_fraction, seed=seed)
+    if split == "train" and _split_dir(root, "val") is None and _split_dir(root, "test") is None:
+        return build_dataset(f"folder:{train_dir}", "train", val_fraction=0.1, seed=seed)
+    samples, split_classes = _scan_class_dirs(wanted)
+    if split_classes != classes:
+        index = {c: i for i, c in enumerate(classes)}
+        extra = sorted(set(split_classes) - set(index))
+        if extra:
+            raise VitkitError(f"{wanted}: classes {', '.join(extra)} do not exist in {train_dir}")
+        samples = [(p, index[split_classes[t]]) for p, t in samples]
+    return FileDataset(samples, classes, f"folder:{wanted}")
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file (atomically); used for the bundled sample."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=9) as f:
+            f.write(header + array.tobytes())
+
+    atomic_write(path, write)
+
+
+__all__ = [
+    "ArrayDataset",
+    "FileDataset",
+    "build_dataset",
+    "download_idx",
+    "load_cifar",
+    "load_csv",
+    "load_idx",
+    "parse_source",
+    "read_idx",
+    "safe_unpickle",
+    "stratified_split",
+    "write_idx",
+]

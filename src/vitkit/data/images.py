@@ -1,0 +1,71 @@
+"""Open image files safely and convert them to the channel count a model wants.
+
+* Truncated or unreadable files raise :class:`VitkitError` naming the file (PIL's
+  ``LOAD_TRUNCATED_IMAGES`` stays off, so a cut-off JPEG is an error, not a grey band).
+* Decompression bombs: an image with more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused
+  (PIL only warns between 1x and 2x that limit; we turn the warning into the same error).
+* Transparency (RGBA, LA, palette with a transparent colour) is composited on **white**, the usual
+  background of product photos and scanned documents, then converted: 1 channel = ITU-R 601 luma
+  (PIL's ``L``), 3 channels = RGB (a grey image is repeated).
+* 16-bit and float images are scaled to 8 bits from their own range.
+"""
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vitkit.errors import VitkitError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode ``path`` fully (so errors surface here, not in a later transform)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img.copy() if img.mode != "P" else img.convert("RGBA")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise VitkitError(
+            f"{path}: refused to decode ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine"
+        ) from None
+    except FileNotFoundError:
+        raise VitkitError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise VitkitError(f"{path}: cannot read image ({type(e).__name__}: {e}); corrupt or truncated?") from None
+
+
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode -> ``L`` (channels=1) or ``RGB`` (channels=3); transparency on white."""
+    if channels not in (1, 3):
+        raise VitkitError(f"images can be fed with 1 or 3 channels, not {channels}")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        if img.mode.startswith("I;16") or hi > 255:
+            hi_range = 65535.0 if img.mode.startswith("I;16") else max(hi, 1.0)
+            a = a / hi_range * 255.0
+        elif img.mode == "F" and hi <= 1.0 and lo >= 0.0:
+            a = a * 255.0
+        img = Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def array_to_image(a: np.ndarray) -> Image.Image:
+    """A uint8 (H, W) or (H, W, C) array from an in-memory data set -> PIL image."""
+    if a.ndim == 2:
+        return Image.fromarray(a, mode="L")
+    if a.shape[-1] == 1:
+        return Image.fromarray(a[..., 0], mode="L")
+    return Image.fromarray(a, mode="RGB")

@@ -1,0 +1,250 @@
+"""Evaluate a classifier on a data set: logits -> metrics, confusion matrix, misclassified examples, report.
+
+The images go through the evaluation pipeline the model's ``data_config`` describes (resize, centre crop,
+normalise). In-memory data sets (IDX, CIFAR) are converted a whole batch at a time as tensors; image files
+are decoded one by one.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitkit.errors import VitkitError
+from vitkit.eval.metrics import ClassificationReport, classification_report, confusion_matrix, topk_correct
+from vitkit.utils.io import atomic_write_json
+
+
+@dataclass
+class EvalResult:
+    report: ClassificationReport
+    class_names: list[str]
+    preds: torch.Tensor  # (N,)
+    targets: torch.Tensor  # (N,)
+    confidences: torch.Tensor  # (N,) softmax probability of the prediction
+    seconds: float
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def top1(self) -> float:
+        return self.report.accuracy
+
+    @property
+    def macro_f1(self) -> float:
+        return self.report.macro_f1
+
+    def to_dict(self) -> dict[str, Any]:
+        n = len(self.targets)
+        return {
+            "data": self.source,
+            **self.report.to_dict(self.class_names),
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(n / self.seconds, 1) if self.seconds > 0 else None,
+            **self.extra,
+        }
+
+
+def _array_batch(images: np.ndarray, data_config: dict[str, Any], normalize: bool = True) -> torch.Tensor:
+    """uint8 (B, H, W) or (B, H, W, C) -> the model's input (B, C, h, w), as the PIL pipeline would make it."""
+    in_chans, height, width = data_config["input_size"]
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (B, C, H, W)
+    if x.shape[1] == 1 and in_chans == 3:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] == 3 and in_chans == 1:  # ITU-R 601 luma, like PIL's convert("L")
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    h, w = x.shape[-2:]
+    crop_pct = float(data_config.get("crop_pct") or 1.0)
+    scale = max(height, width) / crop_pct / min(h, w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    if (new_h, new_w) != (h, w):
+        mode = str(data_config.get("interpolation", "bilinear"))
+        mode = mode if mode in ("bilinear", "bicubic", "nearest") else "bilinear"
+        kw = {"antialias": True, "align_corners": False} if mode != "nearest" else {}
+        x = F.interpolate(x, size=(new_h, new_w), mode=mode, **kw).clamp_(0, 1)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    x = x[..., top : top + height, left : left + width]
+    if not normalize:
+        return x.contiguous()
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32).reshape(1, -1, 1, 1)
+    std = torch.tensor(data_config["std"], dtype=torch.float32).reshape(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def _file_batch(dataset: Any, indices: range | list[int], data_config: dict[str, Any], normalize: bool = True):
+    from vitkit.data.images import to_channels
+    from vitkit.predict import prepare_image
+
+    in_chans = data_config["input_size"][0]
+    xs, ys = [], []
+    for i in indices:
+        img, label = dataset[i]
+        xs.append(prepare_image(to_channels(img, in_chans), data_config, normalize=normalize))
+        ys.append(label)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def load_images(dataset: Any, indices: list[int], data_config: dict[str, Any]) -> torch.Tensor:
+    """The model-sized images at ``indices``, un-normalised, values in [0, 1] (for figures)."""
+    if not indices:
+        c, h, w = data_config["input_size"]
+        return torch.zeros(0, c, h, w)
+    if isinstance(getattr(dataset, "images", None), np.ndarray):
+        return _array_batch(dataset.images[np.asarray(indices)], data_config, normalize=False)
+    return _file_batch(dataset, indices, data_config, normalize=False)[0]
+
+
+def load_dataset(source: str, split: str) -> Any:
+    """``vitkit.data.build_dataset`` (the training engine's source strings)."""
+    try:
+        from vitkit.data import build_dataset
+    except ImportError:
+        from vitkit.data.datasets import build_dataset
+    return build_dataset(source, split)
+
+
+def check_classes(model: Any, dataset: Any) -> list[str]:
+    """The class names to report; a head that does not match the data set's classes is an error."""
+    classes = list(getattr(dataset, "classes", []) or [])
+    if classes and model.num_classes != len(classes):
+        raise VitkitError(
+            f"the model predicts {model.num_classes} classes but the data set "
+            f"{getattr(dataset, 'source', '')} has {len(classes)} ({', '.join(classes[:5])}...)"
+        )
+    names = getattr(model, "class_names", None)
+    if not classes:
+        classes = list(names) if names else [str(i) for i in range(model.num_classes)]
+    return classes
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    max_samples: int = 0,
+    source: str = "",
+) -> EvalResult:
+    """Run ``model`` over ``dataset`` (items ``(PIL image, label)``, optional ``.images`` uint8 array)."""
+    if batch_size < 1:
+        raise VitkitError(f"batch_size must be >= 1 (got {batch_size})")
+    class_names = check_classes(model, dataset)
+    model.eval().to(device)
+    data_config = model.data_config
+    n = len(dataset) if not max_samples else min(max_samples, len(dataset))
+    if n == 0:
+        raise VitkitError(f"data set {source or getattr(dataset, 'source', '')} is empty")
+    in_memory = isinstance(getattr(dataset, "images", None), np.ndarray)
+    targets_all = np.asarray(dataset.targets) if in_memory else None
+    k = model.num_classes
+    cm = torch.zeros(k, k, dtype=torch.long)
+    top = {1: 0, 5: 0}
+    preds, targets, confs = [], [], []
+    start = time.perf_counter()
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        if in_memory:
+            x = _array_batch(dataset.images[lo:hi], data_config)
+            y = torch.from_numpy(targets_all[lo:hi].astype(np.int64))
+        else:
+            x, y = _file_batch(dataset, range(lo, hi), data_config)
+        logits = model(x.to(device)).float().cpu()
+        if not torch.isfinite(logits).all():
+            raise VitkitError(f"the model produced NaN/inf logits on images {lo}..{hi - 1}; the weights are broken")
+        prob = logits.softmax(dim=-1)
+        conf, pred = prob.max(dim=-1)
+        cm += confusion_matrix(pred, y, k)
+        for kk, v in topk_correct(logits, y, (1, 5)).items():
+            top[kk] += v
+        preds.append(pred)
+        targets.append(y)
+        confs.append(conf)
+    seconds = time.perf_counter() - start
+    report = classification_report(cm, {kk: v / n for kk, v in top.items()})
+    return EvalResult(
+        report=report,
+        class_names=class_names,
+        preds=torch.cat(preds),
+        targets=torch.cat(targets),
+        confidences=torch.cat(confs),
+        seconds=seconds,
+        source=source or str(getattr(dataset, "source", "")),
+    )
+
+
+def most_confident_mistakes(result: EvalResult, limit: int) -> list[int]:
+    """Indices of misclassified images, the most confident mistakes first (the most telling ones)."""
+    wrong = (result.preds != result.targets).nonzero().flatten()
+    order = result.confidences[wrong].argsort(descending=True)
+    return wrong[order][:limit].tolist()
+
+
+def write_eval_outputs(
+    result: EvalResult,
+    output_dir: str | Path,
+    *,
+    model: Any = None,
+    dataset: Any = None,
+    num_misclassified: int = 32,
+    title: str = "",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """report.json, confusion_matrix.png and misclassified.png in ``output_dir``; returns the report dict.
+
+    Without matplotlib the figures are skipped with a note in the report (the numbers are still written).
+    """
+    from vitkit.eval.plots import PlotsUnavailable, plot_confusion_matrix, plot_misclassified
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = result.to_dict() | (extra or {})
+    files = {"report": str(out / "report.json")}
+    try:
+        files["confusion_matrix"] = str(
+            plot_confusion_matrix(result.report.confusion, out / "confusion_matrix.png", result.class_names, title)
+        )
+        if model is not None and dataset is not None and num_misclassified > 0:
+            idx = most_confident_mistakes(result, num_misclassified)
+            images = load_images(dataset, idx, model.data_config)
+            files["misclassified"] = str(
+                plot_misclassified(
+                    images,
+                    result.targets[idx].tolist(),
+                    result.preds[idx].tolist(),
+                    out / "misclassified.png",
+                    result.class_names,
+                    result.confidences[idx].tolist(),
+                    title=f"{title + ': ' if title else ''}most confident mistakes (true → predicted)",
+                )
+            )
+    except PlotsUnavailable as e:
+        report["plots"] = str(e)
+    report["files"] = files
+    atomic_write_json(out / "report.json", report)
+    return report
+
+
+def format_report(report: dict[str, Any], per_class: bool = True) -> str:
+    """Human-readable summary of a report dict."""
+    lines = [
+        f"data: {report.get('data', '')}   images: {report['num_samples']}",
+        f"top-1 {report['top1']:.2%}   top-5 {report.get('top5', math.nan):.2%}   macro-F1 {report['macro_f1']:.4f}   "
+        f"macro precision {report['macro_precision']:.4f}   macro recall {report['macro_recall']:.4f}",
+    ]
+    if per_class:
+        width = max(5, *(len(str(c["name"])) for c in report["per_class"]))
+        lines.append(f"{'class'.ljust(width)}  precision  recall     f1  support")
+        for c in report["per_class"]:
+            lines.append(
+                f"{str(c['name']).ljust(width)}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  "
+                f"{c['support']:7d}"
+            )
+    return "\n".join(lines)

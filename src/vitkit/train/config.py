@@ -1,0 +1,206 @@
+"""Every training setting in one frozen dataclass, so a CLI and YAML/TOML files can be generated from it.
+
+Each field has a type, a default and ``metadata["help"]``; ``TrainConfig.from_dict`` validates keys.
+The engine's entry points (``vitkit.train``):
+
+    train(cfg: TrainConfig, *, callbacks=None) -> TrainResult
+    cli_entry(argv) -> int        # what ``python -m vitkit train`` / torchrun call (argparse from TrainConfig)
+
+Data sources (``data`` / ``val_data``) are strings understood by :func:`vitkit.data.build_dataset`.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitkit.errors import VitkitError
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+AUG_CHOICES = ("none", "flip", "randaugment", "trivialaugment")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- model ---------------------------------------------------------------------------------
+    model: str = _f("vit_tiny_patch4_28", "registered model name (see `vitkit models`)")
+    pretrained: str = _f("", "fine-tune from this source: checkpoint dir, hf-hub:org/name, or a model name")
+    model_args: str = _f("", "config overrides, comma-separated key=value, e.g. 'depth=6,embed_dim=128'")
+    img_size: int = _f(0, "input resolution fed to the model (0 = the model's default)")
+    in_chans: int = _f(0, "input channels (0 = the data set's own: 1 for (Fashion-)MNIST, 3 for RGB)")
+    drop_path_rate: float = _f(0.1, "stochastic depth rate (ramps up with depth)")
+    freeze_backbone: bool = _f(False, "train only the classifier head")
+    grad_checkpointing: bool = _f(False, "recompute blocks in the backward pass to save memory")
+    # --- data ----------------------------------------------------------------------------------
+    data: str = _f(
+        "sample",
+        "data source: sample | fashion-mnist:DIR | mnist:DIR | cifar10:DIR | cifar100:DIR | folder:DIR | csv:FILE",
+    )
+    val_data: str = _f("", "separate validation source (default: the data set's val/test split)")
+    val_fraction: float = _f(0.0, "hold out this fraction of the training set for validation (0 = use val/test split)")
+    download: bool = _f(False, "download (Fashion-)MNIST into the given directory if its files are missing")
+    max_train_samples: int = _f(0, "use only the first N training samples after shuffling (0 = all)")
+    max_val_samples: int = _f(0, "use only N validation samples (0 = all)")
+    skip_bad_images: bool = _f(False, "skip and count unreadable images instead of stopping with an error")
+    num_workers: int = _f(2, "data-loading worker processes for image files (array data sets need none)")
+    aug: str = _f("flip", "augmentation: none | flip | randaugment | trivialaugment", choices=AUG_CHOICES)
+    random_resized_crop: bool = _f(False, "random-resized-crop (scale 0.08-1) instead of a plain resize in training")
+    mixup: float = _f(0.0, "mixup alpha (0 = off)")
+    cutmix: float = _f(0.0, "cutmix alpha (0 = off); with mixup too, one of them is picked per batch")
+    label_smoothing: float = _f(0.1, "label smoothing of the targets")
+    # --- optimisation --------------------------------------------------------------------------
+    epochs: int = _f(10, "number of epochs")
+    batch_size: int = _f(128, "batch size per process (global batch = batch_size x processes x accum_steps)")
+    lr: float = _f(1e-3, "peak learning rate of AdamW")
+    min_lr: float = _f(1e-6, "learning rate at the end of the cosine schedule")
+    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (fractions allowed)")
+    weight_decay: float = _f(0.05, "AdamW weight decay (never on norms, biases, position embeddings, tokens)")
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
+    layer_decay: float = _f(1.0, "layer-wise lr decay for fine-tuning (e.g. 0.75; 1 = off)")
+    clip_grad: float = _f(1.0, "clip the gradient norm to this value (0 = off)")
+    accum_steps: int = _f(1, "accumulate gradients over this many batches per optimizer step")
+    amp: str = _f("none", "mixed precision: none | bf16 (CPU, CUDA) | fp16 (CUDA + grad scaler)", choices=AMP_CHOICES)
+    ema_decay: float = _f(0.0, "keep an exponential moving average of the weights (e.g. 0.9998; 0 = off)")
+    early_stopping_patience: int = _f(0, "stop after this many epochs without a better val metric (0 = off)")
+    time_limit_minutes: float = _f(0.0, "stop cleanly (evaluate, checkpoint) after this wall-clock budget (0 = none)")
+    # --- run -----------------------------------------------------------------------------------
+    output_dir: str = _f("runs/train", "where checkpoints, metrics.jsonl and the final model go")
+    resume: str = _f("", "continue a run: a checkpoint dir, or 'auto' = output_dir/last if it exists")
+    overwrite_output_dir: bool = _f(False, "start afresh even if output_dir already holds a checkpoint")
+    checkpoint_every_steps: int = _f(0, "also write the 'last' checkpoint every N optimizer steps (0 = per epoch)")
+    seed: int = _f(0, "seed for weights, data order and augmentation (a CPU run is reproducible)")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
+    log_every: int = _f(50, "log a metrics line every N optimizer steps")
+    eval_every_epochs: int = _f(1, "evaluate every N epochs (the last epoch always)")
+    progress: str = _f("auto", "progress bar: auto (only on a terminal) | bar | log | none")
+    tensorboard: bool = _f(True, "also write TensorBoard event files when tensorboard is installed")
+    deterministic: bool = _f(False, "use deterministic algorithms (slower; CPU runs are reproducible anyway)")
+    compile: bool = _f(False, "torch.compile the model")
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> VitkitError:
+            return VitkitError(f"TrainConfig.{name}: {why} (got {getattr(self, name)!r})")
+
+        if self.amp not in AMP_CHOICES:
+            raise bad("amp", f"must be one of {', '.join(AMP_CHOICES)}")
+        if self.aug not in AUG_CHOICES:
+            raise bad("aug", f"must be one of {', '.join(AUG_CHOICES)}")
+        if self.progress not in ("auto", "bar", "log", "none"):
+            raise bad("progress", "must be auto, bar, log or none")
+        for name in ("epochs", "batch_size", "accum_steps", "log_every", "eval_every_epochs"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "clip_grad", "mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise bad("label_smoothing", "must be in [0, 1)")
+        if not 0 <= self.val_fraction < 1:
+            raise bad("val_fraction", "must be in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            raise bad("ema_decay", "must be in [0, 1)")
+        if not 0 < self.layer_decay <= 1:
+            raise bad("layer_decay", "must be in (0, 1]")
+        if self.num_workers < 0 or self.img_size < 0 or self.in_chans < 0:
+            raise VitkitError("TrainConfig: num_workers, img_size and in_chans must be >= 0")
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        if isinstance(self.model_args, dict):  # allow a mapping from Python / YAML
+            object.__setattr__(self, "model_args", ",".join(f"{k}={v}" for k, v in self.model_args.items()))
+        parse_model_args(self.model_args)  # fail early on a malformed string
+
+    # --- conversions -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a mapping (YAML/TOML/JSON); unknown keys are an error that names them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise VitkitError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Read a .json, .yaml/.yml or .toml file whose top level holds TrainConfig fields."""
+        path = Path(path)
+        if not path.is_file():
+            raise VitkitError(f"config file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                values = yaml.safe_load(text) or {}
+            elif path.suffix == ".toml":
+                import tomllib
+
+                values = tomllib.loads(text)
+            else:
+                values = json.loads(text)
+        except ImportError as e:
+            raise VitkitError(f"{path}: reading {path.suffix} needs {e.name} (pip install 'vitkit[yaml]')") from None
+        except Exception as e:
+            raise VitkitError(f"{path}: cannot parse ({type(e).__name__}: {e})") from None
+        if not isinstance(values, dict):
+            raise VitkitError(f"{path}: expected a mapping of settings at the top level")
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def parse_model_args(text: str) -> dict[str, Any]:
+    """'depth=2,embed_dim=64,global_pool=avg' -> {'depth': 2, 'embed_dim': 64, 'global_pool': 'avg'}."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in _split_top_level(text))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise VitkitError(f"model_args: expected key=value, got {part!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()  # a bare word is a string
+    return out
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets, so 'depths=(2,2,6,2),embed_dim=96' works."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+@dataclass
+class TrainResult:
+    """What :func:`vitkit.train.train` returns."""
+
+    output_dir: Path
+    best_checkpoint: Path | None  # a directory from_pretrained() loads (raw or EMA weights, whichever scored best)
+    last_checkpoint: Path | None  # the resumable checkpoint (model weights + training state)
+    final_model: Path | None  # output_dir/final: the weights to use (= best when validation ran)
+    metrics: dict[str, float]  # last evaluation (val_loss, val_acc, val_top5, ...) plus train_loss
+    history: list[dict[str, Any]]  # one record per epoch
+    stopped_early: str | None = None  # why the run stopped before `epochs` (early stopping, time limit)

@@ -1,0 +1,84 @@
+"""DistributedDataParallel set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
+
+One process: nothing happens. Several (``torchrun --nproc_per_node N -m vitkit train ...``; multi-node with
+``--nnodes M --node_rank R --rdzv_backend c10d --rdzv_endpoint HOST:PORT``): the process group uses NCCL
+on GPUs and Gloo on CPUs; each process owns GPU ``LOCAL_RANK``.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from vitkit.errors import VitkitError
+
+_CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = _CPU
+    initialized_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VitkitError(f"device {name!r} requested but CUDA is not available (this torch: {torch.__version__})")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VitkitError("device 'mps' requested but MPS is not available")
+    return dev
+
+
+def setup(device: str = "auto") -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(device=resolve_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    created = False
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend)
+        created = True
+    return DistInfo(rank, world, local_rank, dev, created)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum over ranks (in place on a float64 copy; gloo and nccl both take float64)."""
+    if not info.enabled:
+        return t
+    t = t.to(info.device, torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()

@@ -1,0 +1,484 @@
+"""The training loop, read top to bottom: data -> model -> optimizer -> (resume) -> epochs -> result.
+
+Exactness on resume comes from three things: the data order and augmentations are pure functions of
+(seed, epoch, batch) (see ``vitkit.data.loader``), the checkpoint carries every other piece of state
+(weights, AdamW moments, schedule step, EMA, grad scaler, torch/numpy/python RNG, position in the
+epoch and the epoch's running sums), and nothing else touches the global RNG.
+"""
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from vitkit.data import DataSpec, Loader, build_dataset, mixup_cutmix
+from vitkit.data.loader import _mix
+from vitkit.errors import CheckpointError, VitkitError
+from vitkit.train import distributed
+from vitkit.train.checkpoint import (
+    STATE_JSON,
+    find_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    load_optimizer_state,
+    optimizer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from vitkit.train.config import TrainConfig, TrainResult, parse_model_args
+from vitkit.train.optim import ModelEma, WarmupCosine, param_groups
+from vitkit.train.progress import MetricsLog, Progress
+from vitkit.utils.io import atomic_write_json
+
+Callback = Callable[[str, dict[str, Any]], Any]  # callback(event, info); events: "step", "epoch", "end"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- pieces the loop uses --------------------------------------------------------------------------
+def build_datasets(cfg: TrainConfig):
+    train_ds = build_dataset(cfg.data, "train", val_fraction=cfg.val_fraction, seed=cfg.seed, download=cfg.download)
+    if cfg.val_data:
+        val_ds = build_dataset(cfg.val_data, "all", download=cfg.download)
+    else:
+        val_ds = build_dataset(cfg.data, "val", val_fraction=cfg.val_fraction, seed=cfg.seed, download=cfg.download)
+    if val_ds.classes != train_ds.classes:
+        raise VitkitError(
+            f"validation classes {val_ds.classes[:5]}... differ from training classes {train_ds.classes[:5]}..."
+        )
+    rng = np.random.default_rng(_mix(cfg.seed, 7))
+    if cfg.max_train_samples and cfg.max_train_samples < len(train_ds):
+        train_ds = train_ds.subset(np.sort(rng.permutation(len(train_ds))[: cfg.max_train_samples]))
+    if cfg.max_val_samples and cfg.max_val_samples < len(val_ds):
+        val_ds = val_ds.subset(np.sort(rng.permutation(len(val_ds))[: cfg.max_val_samples]))
+    return train_ds, val_ds
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int):
+    """A registered model (random init), or a pretrained one with a new head / channels / resolution."""
+    import vitkit
+
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_path_rate": cfg.drop_path_rate}
+    if cfg.img_size:
+        kwargs["img_size"] = cfg.img_size
+    kwargs |= parse_model_args(cfg.model_args)
+    if cfg.pretrained and not cfg.model:
+        return vitkit.from_pretrained(cfg.pretrained, **kwargs).train()
+    if not cfg.model:
+        raise VitkitError("TrainConfig.model: give a model name (or pretrained=SOURCE)")
+    return vitkit.create_model(cfg.model, pretrained=cfg.pretrained or None, **kwargs)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model, loader: Loader, device: torch.device, amp: str, info) -> dict[str, float]:
+    """Loss (plain cross-entropy), top-1 and top-5 accuracy over the whole split, summed across ranks."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, correct@1, correct@5, count
+    for x, y, _ in loader.batches(0):
+        if len(y) == 0:
+            continue
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        k = min(5, logits.shape[-1])
+        top = logits.topk(k, dim=-1).indices
+        sums += torch.tensor(
+            [
+                F.cross_entropy(logits, y, reduction="sum").item(),
+                (top[:, 0] == y).sum().item(),
+                (top == y[:, None]).any(dim=-1).sum().item(),
+                len(y),
+            ],
+            dtype=torch.float64,
+        )
+    sums = distributed.all_reduce_sum(sums, info)
+    model.train(was_training)
+    n = max(sums[3].item(), 1.0)
+    return {"loss": sums[0].item() / n, "acc": sums[1].item() / n, "top5": sums[2].item() / n}
+
+
+# --- the loop --------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, *, callbacks: list[Callback] | None = None) -> TrainResult:
+    """Train (or fine-tune) ``cfg.model`` on ``cfg.data``; under torchrun, one process per device."""
+    info = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, info, callbacks or [])
+    finally:
+        distributed.teardown(info)
+
+
+def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callback]) -> TrainResult:
+    device, main = info.device, info.is_main
+    out = Path(cfg.output_dir)
+    say = (lambda msg: print(msg, flush=True)) if main and cfg.progress != "none" else (lambda msg: None)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise VitkitError("amp='fp16' needs a CUDA device (it uses a gradient scaler); use amp='bf16' on CPU")
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+
+    # 1. where to resume from (decided before anything is written)
+    resume_dir = None
+    if cfg.resume:
+        wanted = out / "last" if cfg.resume in ("auto", "last") else Path(cfg.resume)
+        if not (wanted / STATE_JSON).is_file() and ((wanted / "last").is_dir() or (wanted / ".last.old").is_dir()):
+            wanted = wanted / "last"  # an output directory was given
+        resume_dir = find_checkpoint(wanted)
+        if resume_dir is None and cfg.resume not in ("auto", "last"):
+            raise CheckpointError(f"cannot resume: {wanted} is not a complete training checkpoint")
+    elif find_checkpoint(out / "last") is not None and not cfg.overwrite_output_dir:
+        raise VitkitError(
+            f"{out} already holds a training run; pass resume='auto' (--resume auto) to continue it, "
+            "overwrite_output_dir=True to start again, or another output_dir"
+        )
+
+    # 2. data
+    seed_everything(cfg.seed)
+    train_ds, val_ds = build_datasets(cfg)
+    classes = list(train_ds.classes)
+    in_chans = cfg.in_chans or train_ds.channels
+
+    # 3. model (same initial weights on every rank: same seed; DDP also broadcasts rank 0's)
+    model = build_model(cfg, len(classes), in_chans)
+    model.class_names = classes
+    if cfg.freeze_backbone:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.get_classifier().parameters():
+            p.requires_grad_(True)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    spec = DataSpec.from_model(model, in_chans)
+    seed_everything(cfg.seed + info.rank)  # per-rank dropout / drop-path noise
+
+    common = dict(rank=info.rank, world_size=info.world_size, num_workers=cfg.num_workers, seed=cfg.seed)
+    common |= dict(skip_bad_images=cfg.skip_bad_images, pin_memory=device.type == "cuda")
+    train_loader = Loader(
+        train_ds,
+        spec,
+        batch_size=cfg.batch_size,
+        train=True,
+        aug=cfg.aug,
+        random_resized_crop=cfg.random_resized_crop,
+        **common,
+    )
+    val_loader = Loader(val_ds, spec, batch_size=cfg.batch_size * 2, train=False, **common)
+
+    # 4. optimizer, schedule (per optimizer step), EMA, grad scaler
+    batches_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
+    total_steps = steps_per_epoch * cfg.epochs
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    if not groups:
+        raise VitkitError("no trainable parameters (is everything frozen?)")
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = WarmupCosine(optimizer, cfg.lr, cfg.min_lr, round(cfg.warmup_epochs * steps_per_epoch), total_steps)
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+    net = model
+    if info.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd = torch.compile(net) if cfg.compile else net
+
+    # 5. state that a checkpoint restores
+    epoch, batch_in_epoch, step = 0, 0, 0
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"acc": -1.0, "epoch": -1, "bad_epochs": 0}
+    running = [0.0, 0.0, 0.0, 0.0]  # this epoch: loss sum, correct, images, skipped images
+    if resume_dir is not None:
+        state, tensors, _ = load_checkpoint(resume_dir)
+        _check_compatible(state["config"], cfg, resume_dir)
+        model.load_state_dict(load_model_weights(resume_dir))
+        load_optimizer_state(optimizer, state["optimizer"], tensors)
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.module.load_state_dict({k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")})
+            ema.updates = state["ema_updates"]
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], tensors)
+        if info.rank and f"rng.torch.rank{info.rank}" in tensors:
+            torch.set_rng_state(tensors[f"rng.torch.rank{info.rank}"])
+        epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        history, best, running = state["history"], state["best"], state["running"]
+        say(f"resumed from {resume_dir}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
+    log = MetricsLog(out, cfg.tensorboard, enabled=main)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume_dir is None and cfg.overwrite_output_dir and log.path.exists():
+            log.path.unlink()
+        log.truncate_after(step)
+        atomic_write_json(out / "train_config.json", cfg.to_dict())
+    say(
+        f"model {getattr(model, 'model_name', None) or cfg.pretrained}: {model.num_params() / 1e6:.2f}M params "
+        f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable), input {spec.in_chans}x{spec.img_size}; "
+        f"data {len(train_ds)} train / {len(val_ds)} val, {len(classes)} classes; device {device}"
+        + (f" x {info.world_size} processes" if info.enabled else "")
+    )
+
+    def checkpoint(name: str, *, at_epoch: int, at_batch: int, weights=None, full: bool = True) -> Path | None:
+        """Everything needed to continue from (epoch, batch); written on rank 0 only."""
+        rng_json, rng_tensors = rng_state()
+        if info.enabled:  # every rank's torch RNG, so drop-path noise continues per rank
+            states = [torch.empty_like(rng_tensors["rng.torch"]) for _ in range(info.world_size)]
+            torch.distributed.all_gather_object(states, rng_tensors["rng.torch"])
+            rng_tensors |= {f"rng.torch.rank{r}": s for r, s in enumerate(states) if r}
+        if not main:
+            return None
+        opt_json, tensors = optimizer_state(optimizer) if full else ({}, {})
+        if full:
+            tensors |= rng_tensors
+            if ema is not None:
+                tensors |= {f"ema.{k}": v for k, v in ema.module.state_dict().items()}
+        state = {
+            "config": cfg.to_dict(),
+            "epoch": at_epoch,
+            "batch_in_epoch": at_batch,
+            "step": step,
+            "metrics": history[-1] if history else {},
+            "history": history,
+            "best": best,
+            "running": running,
+            "scheduler": scheduler.state_dict(),
+            "optimizer": opt_json,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rng_json,
+            "classes": classes,
+            "world_size": info.world_size,
+            "ema_updates": ema.updates if ema is not None else 0,
+        }
+        return save_checkpoint(out / name, model, state=state, tensors=tensors, weights=weights)
+
+    def emit(event: str, payload: dict[str, Any]) -> None:
+        for cb in callbacks:
+            cb(event, payload)
+
+    # 6. epochs
+    start_time = time.perf_counter()
+    stop_reason: str | None = None
+    last_dir = find_checkpoint(out / "last") if resume_dir is not None else None
+    metrics: dict[str, float] = history[-1] if history else {}
+    while epoch < cfg.epochs and stop_reason is None:
+        net.train()
+        bar = Progress(
+            steps_per_epoch,
+            f"epoch {epoch + 1}/{cfg.epochs}",
+            mode=cfg.progress if main else "none",
+            log_every=cfg.log_every,
+        )
+        bar.n = batch_in_epoch // cfg.accum_steps
+        group_loss = torch.zeros(3, dtype=torch.float64)  # loss sum, images, non-finite flag
+        b = batch_in_epoch - 1
+        for b, (x, y, skipped) in enumerate(train_loader.batches(epoch, start=batch_in_epoch), start=batch_in_epoch):
+            group_start = b - b % cfg.accum_steps
+            group_size = min(cfg.accum_steps, batches_per_epoch - group_start)
+            last_in_group = b - group_start == group_size - 1
+            running[3] += skipped
+            if len(y):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                mix_rng = np.random.default_rng(_mix(cfg.seed, epoch, b, info.rank, 11))
+                x, target = mixup_cutmix(
+                    x,
+                    y,
+                    len(classes),
+                    mixup=cfg.mixup,
+                    cutmix=cfg.cutmix,
+                    smoothing=cfg.label_smoothing,
+                    rng=mix_rng,
+                )
+                sync = net.no_sync() if info.enabled and not last_in_group else nullcontext()
+                with sync:
+                    with autocast(device, cfg.amp):
+                        logits = fwd(x)
+                    loss = soft_cross_entropy(logits, target)
+                    scaled = loss / group_size
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    group_loss[2] += 1
+                group_loss[0] += loss_value * len(y)
+                group_loss[1] += len(y)
+                running[0] += loss_value * len(y) if math.isfinite(loss_value) else 0.0
+                running[1] += (logits.argmax(-1) == target.argmax(-1)).sum().item()
+                running[2] += len(y)
+            if not last_in_group:
+                continue
+
+            # one optimizer step per accumulation group
+            over_time = cfg.time_limit_minutes > 0 and time.perf_counter() - start_time > cfg.time_limit_minutes * 60
+            flags = distributed.all_reduce_sum(torch.cat([group_loss, torch.tensor([float(over_time)])]), info)
+            if flags[2] > 0:
+                good = find_checkpoint(out / "last")
+                raise VitkitError(
+                    f"loss is not finite (nan/inf) at step {step + 1} (epoch {epoch + 1}, batch {b + 1}); "
+                    f"stopped without updating the weights. Last good checkpoint: {good or 'none yet'}. "
+                    "Try a lower lr, clip_grad, or amp='none'/'bf16'"
+                )
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.clip_grad > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad).item()
+            else:
+                grad_norm = float("nan")
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            loss_avg = flags[0].item() / max(flags[1].item(), 1.0)
+            group_loss.zero_()
+            bar.update(
+                int(flags[1].item()),
+                loss=loss_avg,
+                acc=running[1] / max(running[2], 1),
+                lr=scheduler.get_last_lr(),
+            )
+            if step % cfg.log_every == 0:
+                log.write(
+                    {
+                        "type": "train",
+                        "step": step,
+                        "epoch": epoch + (b + 1) / batches_per_epoch,
+                        "loss": loss_avg,
+                        "lr": scheduler.get_last_lr(),
+                        "grad_norm": grad_norm,
+                        "images_per_s": bar.images / max(time.perf_counter() - bar.start, 1e-9),
+                    }
+                )
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and b + 1 < batches_per_epoch:
+                last_dir = checkpoint("last", at_epoch=epoch, at_batch=b + 1)
+            emit("step", {"step": step, "epoch": epoch, "batch": b, "loss": loss_avg, "lr": scheduler.get_last_lr()})
+            if flags[3] > 0:
+                stop_reason = f"time limit of {cfg.time_limit_minutes:g} minutes reached"
+                break
+        bar.close()
+
+        # end of epoch (or early stop): evaluate, record, checkpoint
+        finished_epoch = stop_reason is None or b + 1 >= batches_per_epoch
+        sums = distributed.all_reduce_sum(torch.tensor(running, dtype=torch.float64), info)
+        record: dict[str, Any] = {
+            "type": "epoch",
+            "epoch": epoch + 1 if finished_epoch else epoch + (b + 1) / batches_per_epoch,
+            "step": step,
+            "train_loss": sums[0].item() / max(sums[2].item(), 1),
+            "train_acc": sums[1].item() / max(sums[2].item(), 1),
+            "lr": scheduler.get_last_lr(),
+            "time_s": time.perf_counter() - start_time,
+        }
+        if sums[3] > 0:
+            record["skipped_images"] = int(sums[3].item())
+        if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs or not finished_epoch:
+            val = evaluate(model, val_loader, device, cfg.amp, info)
+            record |= {f"val_{k}": v for k, v in val.items()}
+            score, source = val["acc"], "model"
+            if ema is not None:  # the better of the raw and the averaged weights competes for best/
+                val_ema = evaluate(ema.module, val_loader, device, cfg.amp, info)
+                record |= {f"val_ema_{k}": v for k, v in val_ema.items()}
+                if val_ema["acc"] >= score:
+                    score, source = val_ema["acc"], "ema"
+            improved = score > best["acc"]
+            if improved:
+                best = {"acc": score, "epoch": epoch + 1, "bad_epochs": 0, "source": source}
+            else:
+                best["bad_epochs"] += 1
+            record["best_val_acc"] = best["acc"]
+            if improved:
+                weights = ema.module if source == "ema" else None
+                checkpoint("best", at_epoch=epoch + 1, at_batch=0, weights=weights, full=False)
+            if cfg.early_stopping_patience and best["bad_epochs"] >= cfg.early_stopping_patience:
+                stop_reason = f"early stopping: no better val accuracy for {best['bad_epochs']} evaluations"
+        history.append(record)
+        metrics = record
+        log.write(record)
+        say(
+            f"epoch {record['epoch']:.4g}: "
+            + " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "val_")))
+        )
+        if finished_epoch:
+            epoch, batch_in_epoch, running = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
+            last_dir = checkpoint("last", at_epoch=epoch, at_batch=0)
+        else:
+            last_dir = checkpoint("last", at_epoch=epoch, at_batch=b + 1)
+        emit("epoch", record)
+
+    if stop_reason:
+        say(f"stopped: {stop_reason}")
+    log.close()
+    distributed.barrier(info)
+    best_dir = out / "best" if (out / "best" / "config.json").is_file() else None
+    result = TrainResult(
+        output_dir=out,
+        best_checkpoint=best_dir,
+        last_checkpoint=last_dir or find_checkpoint(out / "last"),
+        final_model=best_dir or last_dir,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        history=history,
+        stopped_early=stop_reason,
+    )
+    emit("end", dataclasses.asdict(result))
+    return result
+
+
+# Settings that may differ when resuming (they do not change what the saved state means).
+_RESUME_MAY_CHANGE = {
+    "resume",
+    "epochs",
+    "num_workers",
+    "log_every",
+    "progress",
+    "tensorboard",
+    "checkpoint_every_steps",
+    "time_limit_minutes",
+    "early_stopping_patience",
+    "device",
+    "overwrite_output_dir",
+    "output_dir",
+    "eval_every_epochs",
+    "compile",
+}
+
+
+def _check_compatible(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
+    now = cfg.to_dict()
+    diff = [
+        f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}"
+        for k in now
+        if k not in _RESUME_MAY_CHANGE and k in saved and _norm(saved[k]) != _norm(now[k])
+    ]
+    if diff:
+        raise CheckpointError(f"cannot resume from {where}: settings changed ({'; '.join(diff)})")
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v

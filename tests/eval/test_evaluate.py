@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vitkit
+from vitkit.data import ArrayDataset, build_dataset
+from vitkit.errors import VitkitError
+from vitkit.eval.evaluate import _array_batch, evaluate, most_confident_mistakes, write_eval_outputs
+
+
+def _tiny(num_classes=10, **kw):
+    return vitkit.create_model("vit_nano_patch4_28", depth=1, embed_dim=16, num_heads=2, num_classes=num_classes, **kw)
+
+
+def _sample(n=40):
+    ds = build_dataset("sample", "test")
+    return ArrayDataset(ds.images[:n], ds.targets[:n], ds.classes, "sample")
+
+
+def test_in_memory_and_file_pipelines_agree(tmp_path):
+    """The same images as an array and as PNG files in class folders give the same predictions."""
+    ds = _sample(30)
+    for i, (img, label) in enumerate(ds):
+        folder = tmp_path / f"{label:02d}"
+        folder.mkdir(exist_ok=True)
+        img.save(folder / f"{i:03d}.png")
+    files = build_dataset(f"folder:{tmp_path}", "val", val_fraction=0.999)
+    order = np.argsort([int(p.split("/")[-1][:3]) for p, _ in files.samples])
+    files.samples = [files.samples[i] for i in order]
+    model = _tiny(num_classes=len(files.classes))
+    a = evaluate(model, ArrayDataset(ds.images, ds.targets, files.classes), batch_size=7)
+    b = evaluate(model, files, batch_size=7)
+    assert torch.equal(a.preds, b.preds) and torch.equal(a.targets, b.targets)
+    assert a.report.confusion.tolist() == b.report.confusion.tolist()
+
+
+def test_array_batch_resizes_and_converts_channels():
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    cfg = {"input_size": (3, 56, 56), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+    x = _array_batch(images, cfg)
+    assert x.shape == (4, 3, 56, 56) and torch.equal(x[:, 0], x[:, 2])
+    rgb = np.stack([images] * 3, axis=-1)  # (N, H, W, 3) grey -> luma equals the grey value
+    gray = _array_batch(rgb, {"input_size": (1, 28, 28), "mean": (0.0,), "std": (1.0,)}, normalize=True)
+    assert torch.allclose(gray[:, 0], torch.from_numpy(images).float() / 255, atol=1e-5)
+
+
+def test_evaluate_counts_and_report(tmp_path):
+    ds = _sample(50)
+    model = _tiny()
+    r = evaluate(model, ds, batch_size=16, max_samples=45)
+    assert len(r.preds) == 45 and int(r.report.confusion.sum()) == 45
+    assert r.top1 == pytest.approx(float((r.preds == r.targets).float().mean()))
+    mistakes = most_confident_mistakes(r, 5)
+    assert all(r.preds[i] != r.targets[i] for i in mistakes)
+    assert list(r.confidences[mistakes]) == sorted(r.confidences[mistakes].tolist(), reverse=True)
+    report = write_eval_outputs(r, tmp_path, model=model, dataset=ds, num_misclassified=5, extra={"model": "x"})
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk == report and on_disk["model"] == "x" and on_disk["num_samples"] == 45
+    assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "misclassified.png").is_file()
+
+
+def test_head_and_data_mismatch_is_an_error():
+    with pytest.raises(VitkitError, match="predicts 3 classes but the data set"):
+        evaluate(_tiny(num_classes=3), _sample(8))
