@@ -165,3 +165,19 @@ def test_hf_hub_download_is_used(tmp_path, monkeypatch):
     loaded = vitkit.from_pretrained("hf-hub:someone/tiny-vit@v1")
     assert calls == [("someone/tiny-vit", "v1")]
     assert loaded.config == model.config
+
+
+def test_registered_name_keeps_registered_resolution(tmp_path, monkeypatch):
+    """A hub config without a resolution (transformers' CvT never records one) gets the registered img_size."""
+    import dataclasses
+
+    from vitkit import hub
+
+    vitkit.save_pretrained(_tiny(), tmp_path / "repo")  # a 32 px checkpoint stands in for the hub download
+    entry = hub.get_entry("vit_tiny_patch16_224")
+    registered = dataclasses.replace(entry, config=hub.replace_config(_tiny().config, img_size=48))
+    monkeypatch.setattr(hub, "resolve_source", lambda source: tmp_path / "repo")
+    monkeypatch.setattr(hub, "_registered_entry", lambda source: registered)
+    loaded = vitkit.from_pretrained("vit_tiny_patch16_224")
+    assert loaded.config.img_size == 48 and loaded.pos_embed.shape[1] == 1 + 36
+    assert loaded.model_name == "vit_tiny_patch16_224"

@@ -169,6 +169,17 @@ def load_state_dict_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor],
         raise CheckpointError(f"{source}: checkpoint does not match the model; " + "; ".join(problems))
 
 
+def _registered_entry(source: str | os.PathLike) -> Any:
+    """The registry entry when ``source`` is a registered name rather than a path or hub id."""
+    s = str(source)
+    if s.startswith("hf-hub:") or Path(s).expanduser().exists():
+        return None
+    try:
+        return get_entry(s)
+    except VitkitError:
+        return None
+
+
 def from_pretrained(
     source: str | os.PathLike,
     *,
@@ -186,6 +197,11 @@ def from_pretrained(
     """
     directory = resolve_source(source)
     cfg, sd, class_names, name = _convert(directory, read_config(directory))
+    registered = _registered_entry(source)
+    if registered is not None and registered.family == family_of_config(cfg).name:
+        # a hub config may not record the resolution (transformers' CvT never does): trust the registry's
+        cfg = replace_config(cfg, img_size=registered.config.img_size, crop_pct=registered.config.crop_pct)
+        name = registered.name
     changes = {
         k: v
         for k, v in {"num_classes": num_classes, "img_size": img_size, "in_chans": in_chans}.items()
