@@ -4,7 +4,9 @@
 prefix of a timm ``architecture`` name.
 """
 
-from vitkit.convert import vit
+from vitkit.convert import swin, vit
 
 HF_CONVERTERS = {"vit": vit.from_hf}
 TIMM_CONVERTERS = {"vit_": vit.from_timm}
+HF_CONVERTERS["swin"] = swin.from_hf
+TIMM_CONVERTERS["swin_"] = swin.from_timm

@@ -2,6 +2,7 @@
 
 from vitkit.models import vit  # noqa: F401  (registers)
 from vitkit.models.base import VisionModel
+from vitkit.models.swin import SwinConfig, SwinTransformer  # registers the Swin models
 from vitkit.models.vit import VisionTransformer, ViTConfig
 
-__all__ = ["ViTConfig", "VisionModel", "VisionTransformer"]
+__all__ = ["SwinConfig", "SwinTransformer", "ViTConfig", "VisionModel", "VisionTransformer"]
