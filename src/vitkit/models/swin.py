@@ -145,6 +145,24 @@ def _shift_mask(height: int, width: int, window: int, shift: int, dtype: torch.d
     return mask.to(device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _roll_index(height: int, width: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Flat source index of ``torch.roll(x, (shift, shift), (1, 2))`` on a (B, H, W, C) map.
+
+    One ``index_select`` over the H*W tokens is a single pass; ``torch.roll`` over two dims makes two.
+    """
+    rows = (torch.arange(height) - shift) % height
+    cols = (torch.arange(width) - shift) % width
+    return (rows[:, None] * width + cols[None, :]).flatten().to(device)  # (H*W,)
+
+
+def cyclic_shift(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Same as ``torch.roll(x, shifts=(shift, shift), dims=(1, 2))`` for x (B, H, W, C), in one pass."""
+    B, H, W, C = x.shape
+    index = _roll_index(H, W, shift, x.device)
+    return x.reshape(B, H * W, C).index_select(1, index).view(B, H, W, C)
+
+
 def window_and_shift(height: int, width: int, window_size: int, shift_size: int) -> tuple[int, int]:
     """transformers' rule: a stage not larger than the window is one window of its smaller side, unshifted."""
     if min(height, width) <= window_size:
@@ -205,18 +223,34 @@ class WindowAttention(nn.Module, RecordsAttention):
         self.proj_drop = nn.Dropout(proj_drop)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.stage_idx = self.block_idx = 0  # for the attention-map metadata
+        self._bias_cache: dict[tuple, tuple[tuple[int, int], torch.Tensor]] = {}
 
     def attn_bias(self, hp: int, wp: int, window: int, shift: int) -> torch.Tensor:
-        """(heads, N, N) without shift, (num_windows * heads, N, N) with it; gathered every call so the
-        table gets gradients, from an index and a mask that are cached."""
+        """Relative position bias (+ shift mask): (heads, N, N) without shift, (nW * heads, N, N) with it.
+
+        The index and the mask are cached per size. With autograd on, the bias is gathered from the table on
+        every call (cheap: N*N*heads values) so the table gets gradients; under no_grad / inference_mode the
+        finished tensor is kept too, and rebuilt whenever the table changes (version counter or storage).
+        """
         table = self.relative_position_bias_table
+        key = (hp, wp, window, shift, table.dtype, table.device)
+        stamp = (table._version, table.data_ptr())
+        needs_grad = torch.is_grad_enabled()  # cached tensors never enter an autograd graph
+        if not needs_grad:
+            hit = self._bias_cache.get(key)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
         n = window * window
-        bias = table[_table_index(window, self.window_size, table.device)]  # (N*N, heads)
+        bias = table.index_select(0, _table_index(window, self.window_size, table.device))  # (N*N, heads)
         bias = bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
-        if shift == 0:
-            return bias
-        mask = _shift_mask(hp, wp, window, shift, table.dtype, table.device)  # (nW, N, N)
-        return (mask.unsqueeze(1) + bias).flatten(0, 1)  # (nW * heads, N, N)
+        if shift:
+            mask = _shift_mask(hp, wp, window, shift, table.dtype, table.device)  # (nW, N, N)
+            bias = (mask.unsqueeze(1) + bias).flatten(0, 1)  # (nW * heads, N, N)
+        if not needs_grad:
+            if len(self._bias_cache) >= 8:
+                self._bias_cache.clear()
+            self._bias_cache[key] = (stamp, bias.detach().contiguous())
+        return bias
 
     def forward(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -226,7 +260,7 @@ class WindowAttention(nn.Module, RecordsAttention):
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
         if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+            x = cyclic_shift(x, -shift)
         nh, nw, n = Hp // window, Wp // window, window * window
         # qkv per token, then one copy does window partition + head split: (3, B, nh, nw, heads, ws, ws, hd)
         qkv = self.qkv(x).view(B, nh, window, nw, window, 3, heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
@@ -257,7 +291,7 @@ class WindowAttention(nn.Module, RecordsAttention):
         # window reverse + head merge in one copy: (B, nh, ws, nw, ws, heads, hd) -> (B, Hp, Wp, C)
         out = out.reshape(B, nh, nw, heads, window, window, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
         if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+            out = cyclic_shift(out, shift)
         if pad_b or pad_r:
             out = out[:, :H, :W]
         return self.proj_drop(self.proj(out))
