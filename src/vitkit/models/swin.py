@@ -352,7 +352,8 @@ class SwinTransformer(VisionModel):
         super().__init__(config)
         cfg = config
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, cfg.norm_eps)
-        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()  # stochastic depth ramps with depth
+        n = sum(cfg.depths)
+        dpr = [cfg.drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # stochastic depth ramps with depth
         starts = [sum(cfg.depths[:i]) for i in range(cfg.num_stages)]
         self.layers = nn.ModuleList(
             SwinStage(cfg, i, dpr[starts[i] : starts[i] + cfg.depths[i]]) for i in range(cfg.num_stages)
