@@ -123,3 +123,23 @@ def test_missing_key_is_named(tmp_path):
     save_file(sd, path)
     with pytest.raises(CheckpointError, match=r"layers\.1\.blocks\.1\.attention\.self\.key\.weight"):
         vitkit.from_pretrained(tmp_path / "hf")
+
+
+def test_transformers_4_clamped_tables_load(tmp_path):
+    """transformers 4.x sized a stage's table for its clamped window; such checkpoints still load."""
+    from safetensors.torch import load_file, save_file
+
+    _hf_swin(tmp_path, image_size=16)  # 8 -> 4 -> 2: the last stage is one 2x2 window
+    path = tmp_path / "hf" / "model.safetensors"
+    sd = load_file(path)
+    key = "swin.encoder.layers.2.blocks.0.attention.self.relative_position_bias_table"
+    sd[key] = torch.randn(9, 4)  # (2 * 2 - 1)^2 rows
+    save_file(sd, path)
+    model = vitkit.from_pretrained(tmp_path / "hf")
+    table = model.state_dict()["layers.2.blocks.0.attn.relative_position_bias_table"]
+    assert table.shape == (49, 4)
+    torch.testing.assert_close(table.view(7, 7, 4)[2:5, 2:5].reshape(9, 4), sd[key])
+    bias = model.layers[2].blocks[0].attn.attn_bias(2, 2, 2, 0)  # the 2x2 window reads exactly those rows
+    torch.testing.assert_close(
+        bias.permute(1, 2, 0).reshape(16, 4), sd[key][vitkit.models.swin.relative_position_index(2).flatten()]
+    )

@@ -6,13 +6,13 @@ instead of ``head.fc.*``; both are recognised. Both libraries concatenate the 2x
 the same order (x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]), so reductions map unchanged.
 """
 
+import math
 import re
 
 import torch
 
 from vitkit.convert.common import class_names_from_hf, take
 from vitkit.errors import CheckpointError, VitkitError
-from vitkit.models.base import to_2tuple
 from vitkit.models.swin import SwinConfig
 from vitkit.registry import get_entry, replace_config
 
@@ -113,7 +113,7 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str
         out["head.weight"] = sd.pop("classifier.weight")
         out["head.bias"] = sd.pop("classifier.bias")
     out.update(sd)  # leftovers surface as "unexpected keys" when loaded
-    return out
+    return embed_clamped_tables(out, cfg)
 
 
 def from_hf(hf_config: dict, sd: dict[str, torch.Tensor]) -> tuple[SwinConfig, dict, list[str] | None]:
@@ -168,17 +168,28 @@ def _timm_args(args: dict) -> dict:
     return args
 
 
-def _embed_table(table: torch.Tensor, window_size: int) -> torch.Tensor:
-    """A table timm built for a window clamped to a small stage -> the centre of a full-size table.
+def embed_clamped_tables(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
+    """Tables built for a window clamped to a small stage -> the centre of a full-size table.
 
-    The offsets of the smaller window are a subset of the full window's; the rest are never used at the
-    checkpoint's input size and start at zero.
+    timm, the official code and transformers 4.x size a stage's table for the stage's resolution when that is
+    smaller than the window (transformers 5 always uses the full window). The smaller window's offsets are a
+    subset of the full window's, so embedding the table in the centre gives the same bias at the checkpoint's
+    input size; the other entries are never used there and start at zero. Only tables smaller than the
+    checkpoint's own window are touched (a real window change is resized later, bicubically).
     """
-    side, new = round(table.shape[0] ** 0.5), 2 * window_size - 1
-    full = table.new_zeros(new, new, table.shape[1])
-    o = (new - side) // 2
-    full[o : o + side, o : o + side] = table.view(side, side, -1)
-    return full.view(new * new, -1)
+    new = 2 * cfg.window_size - 1
+    out = dict(sd)
+    for k, table in sd.items():
+        if not k.endswith("relative_position_bias_table") or table.ndim != 2 or table.shape[0] >= new * new:
+            continue
+        side = math.isqrt(table.shape[0])
+        if side * side != table.shape[0] or side % 2 == 0:
+            raise CheckpointError(f"{k}: expected a ((2w-1)^2, heads) table, got shape {tuple(table.shape)}")
+        full = table.new_zeros(new, new, table.shape[1])
+        o = (new - side) // 2
+        full[o : o + side, o : o + side] = table.view(side, side, -1)
+        out[k] = full.view(new * new, -1)
+    return out
 
 
 def state_dict_from_timm(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
@@ -190,16 +201,7 @@ def state_dict_from_timm(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[s
         }
     else:
         sd = {("head." + k[len("head.fc.") :] if k.startswith("head.fc.") else k): v for k, v in sd.items()}
-    # timm builds a stage's table for the stage size when that is smaller than the window
-    h, w = (-(-s // cfg.patch_size) for s in to_2tuple(cfg.img_size))
-    full = (2 * cfg.window_size - 1) ** 2
-    for i in range(cfg.num_stages):
-        res = min(h, w)
-        for k in [k for k in sd if k.startswith(f"layers.{i}.") and k.endswith("relative_position_bias_table")]:
-            if sd[k].shape[0] < full and res < cfg.window_size and sd[k].shape[0] == (2 * res - 1) ** 2:
-                sd[k] = _embed_table(sd[k], cfg.window_size)
-        h, w = (h + 1) // 2, (w + 1) // 2
-    return sd
+    return embed_clamped_tables(sd, cfg)
 
 
 def from_timm(timm_config: dict, sd: dict[str, torch.Tensor]) -> tuple[SwinConfig, dict, list[str] | None]:
