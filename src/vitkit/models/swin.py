@@ -269,7 +269,8 @@ class WindowAttention(nn.Module, RecordsAttention):
         table = self.relative_position_bias_table
         key = (hp, wp, window, shift, table.dtype, table.device)
         stamp = (table._version, table.data_ptr())
-        needs_grad = torch.is_grad_enabled()  # cached tensors never enter an autograd graph
+        # cached tensors never enter an autograd graph, nor a graph being compiled
+        needs_grad = torch.is_grad_enabled() or torch.compiler.is_compiling()
         if not needs_grad:
             hit = self._bias_cache.get(key)
             if hit is not None and hit[0] == stamp:
