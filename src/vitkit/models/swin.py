@@ -177,6 +177,8 @@ def window_and_shift(height: int, width: int, window_size: int, shift_size: int)
 # run. Results agree with the plain path within float32 rounding (~1e-6). Set False to compare.
 FUSED_CPU_INFERENCE = True
 _HAS_FUSED_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 def can_fuse(x: torch.Tensor, module: nn.Module) -> bool:
@@ -187,7 +189,7 @@ def can_fuse(x: torch.Tensor, module: nn.Module) -> bool:
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+        and not (torch.jit.is_tracing() or _is_compiling() or _is_exporting())
     )
 
 
@@ -270,7 +272,7 @@ class WindowAttention(nn.Module, RecordsAttention):
         key = (hp, wp, window, shift, table.dtype, table.device)
         stamp = (table._version, table.data_ptr())
         # cached tensors never enter an autograd graph, nor a graph being compiled
-        needs_grad = torch.is_grad_enabled() or torch.compiler.is_compiling()
+        needs_grad = torch.is_grad_enabled() or _is_compiling()
         if not needs_grad:
             hit = self._bias_cache.get(key)
             if hit is not None and hit[0] == stamp:
