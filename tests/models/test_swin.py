@@ -306,3 +306,9 @@ def test_linear_helper_falls_back_for_other_modules():
             torch.testing.assert_close(swin.linear(x, layer, gelu=gelu, residual=residual), ref)
         seq = torch.nn.Sequential(layer).eval()  # not an nn.Linear: called as a module
         torch.testing.assert_close(swin.linear(x, seq, residual=res), res + layer(x))
+
+
+def test_model_built_under_inference_mode_runs():
+    with torch.inference_mode():
+        model = tiny("swin_tiny_patch2_window4_32", depths=(2, 1, 1)).eval()
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)

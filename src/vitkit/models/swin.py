@@ -270,7 +270,7 @@ class WindowAttention(nn.Module, RecordsAttention):
         """
         table = self.relative_position_bias_table
         key = (hp, wp, window, shift, table.dtype, table.device)
-        stamp = (table._version, table.data_ptr())
+        stamp = (-1 if table.is_inference() else table._version, table.data_ptr())  # inference tensors: no counter
         # cached tensors never enter an autograd graph, nor a graph being compiled
         needs_grad = torch.is_grad_enabled() or _is_compiling()
         if not needs_grad:
