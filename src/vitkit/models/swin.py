@@ -300,12 +300,16 @@ class WindowAttention(nn.Module, RecordsAttention):
         if shift:
             x = cyclic_shift(x, -shift)
         nh, nw, n = Hp // window, Wp // window, window * window
-        # qkv per token, then one copy does window partition + head split: (3, B, nh, nw, heads, ws, ws, hd)
-        qkv = linear(x, self.qkv).view(B, nh, window, nw, window, 3, heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
-        q, k, v = qkv.reshape(3, B, nh * nw * heads, n, hd).unbind(0)  # each (B, nW * heads, N, hd)
+        if shift == 0:
+            # W-MSA, one bias for every window: partition x (one copy), windows as batch, q/k/v strided views
+            x = x.view(B, nh, window, nw, window, C).permute(0, 1, 3, 2, 4, 5).reshape(B * nh * nw, n, C)
+            q, k, v = linear(x, self.qkv).view(-1, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            # SW-MSA, a mask per window: qkv per token, then one copy does partition + head split into
+            # (B, nW * heads, N, hd), so the (nW * heads, N, N) bias + mask broadcasts over the batch
+            qkv = linear(x, self.qkv).view(B, nh, window, nw, window, 3, heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
+            q, k, v = qkv.reshape(3, B, nh * nw * heads, n, hd).unbind(0)
         bias = self.attn_bias(Hp, Wp, window, shift)
-        if shift == 0:  # the same bias for every window: view windows as batch, broadcast (1, heads, N, N)
-            q, k, v = (t.view(B * nh * nw, heads, n, hd) for t in (q, k, v))
         dropout_p = self.attn_drop if self.training else 0.0
         out, weights = attention(
             q,
