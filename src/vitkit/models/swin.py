@@ -15,9 +15,11 @@ to a multiple of the patch, each block pads its feature map (right/bottom, after
 window, patch merging pads odd sides, and a stage whose smaller side is not larger than the window uses one
 window of that side and no shift. Parameter names follow timm (>= 0.9), so timm checkpoints load as they are.
 
-Speed: the window partition, head split and qkv layout happen in one view/permute copy; the shift mask and
-the table index are built once per (resolution, window, shift, dtype, device) and cached; one SDPA call per
-block covers every window of every image.
+Speed: window partition and reverse are one view/permute copy each (the head split rides along); the shift
+mask, the table index and the cyclic-shift index are built once per (resolution, window, shift, dtype, device)
+and cached; one SDPA call per block covers every window of every image, with the bias + mask broadcast over
+the batch rather than copied. In eval mode without autograd on CPU, bias, GELU and residual adds are fused
+into oneDNN matmuls (``FUSED_CPU_INFERENCE``).
 """
 
 import functools
