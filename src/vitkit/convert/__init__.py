@@ -1,11 +1,10 @@
 """Checkpoint converters: each maps a foreign config + state dict to (vitkit config, state dict, class names).
 
 ``HF_CONVERTERS`` is keyed by a transformers ``config.json`` ``model_type``; ``TIMM_CONVERTERS`` by the
-prefix of a timm ``architecture`` name.
+prefix of a timm ``architecture`` name (timm has no CvT).
 """
 
-from vitkit.convert import cvt, vit
+from vitkit.convert import cvt, swin, vit
 
-HF_CONVERTERS = {"vit": vit.from_hf}
-TIMM_CONVERTERS = {"vit_": vit.from_timm}
-HF_CONVERTERS["cvt"] = cvt.from_hf
+HF_CONVERTERS = {"vit": vit.from_hf, "swin": swin.from_hf, "cvt": cvt.from_hf}
+TIMM_CONVERTERS = {"vit_": vit.from_timm, "swin_": swin.from_timm}
