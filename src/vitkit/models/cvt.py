@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitkit.layers import DropPath, Mlp, RecordsAttention, attention
+from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel
 from vitkit.registry import register_family, register_model
 
@@ -324,14 +325,7 @@ class CvT(VisionModel):
 
     def _init_weights(self) -> None:
         """Like the official 'trunc_norm' init: Linear ~ N(0, 0.02) truncated, norms 1/0, convs default."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norms_(self)
         for stage in self.stages:
             if stage.cls_token is not None:
                 nn.init.trunc_normal_(stage.cls_token, std=0.02)

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitkit.layers import DropPath, Mlp, RecordsAttention, attention
+from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel, to_2tuple
 from vitkit.registry import register_family, register_model
 
@@ -413,15 +414,9 @@ class SwinTransformer(VisionModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        init_linear_and_norms_(self)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, WindowAttention):
+            if isinstance(m, WindowAttention):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
     @property

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitkit.layers import DropPath, Mlp, RecordsAttention, attention
+from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import HALF_MEAN, HALF_STD, VisionModel, to_2tuple
 from vitkit.registry import register_family, register_model
 
@@ -176,14 +177,7 @@ class VisionTransformer(VisionModel):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norms_(self)
         w = self.patch_embed.proj.weight  # like a Linear on flattened patches
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=0.02)
 
