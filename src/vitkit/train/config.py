@@ -31,7 +31,9 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass(frozen=True)
 class TrainConfig:
     # --- model ---------------------------------------------------------------------------------
-    model: str = _f("vit_tiny_patch4_28", "registered model name (see `vitkit models`)")
+    model: str = _f(
+        "cvt_nano_28", "registered model name (see `vitkit models`); the default is the Fashion-MNIST recipe"
+    )
     pretrained: str = _f("", "fine-tune from this source: checkpoint dir, hf-hub:org/name, or a model name")
     model_args: str = _f("", "config overrides, comma-separated key=value, e.g. 'depth=6,embed_dim=128'")
     img_size: int = _f(0, "input resolution fed to the model (0 = the model's default)")
@@ -59,7 +61,7 @@ class TrainConfig:
     # --- optimisation --------------------------------------------------------------------------
     epochs: int = _f(10, "number of epochs")
     batch_size: int = _f(128, "batch size per process (global batch = batch_size x processes x accum_steps)")
-    lr: float = _f(1e-3, "peak learning rate of AdamW")
+    lr: float = _f(2e-3, "peak learning rate of AdamW (2e-3: the from-scratch 28 px recipe; fine-tune lower)")
     min_lr: float = _f(1e-6, "learning rate at the end of the cosine schedule")
     warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (fractions allowed)")
     weight_decay: float = _f(0.05, "AdamW weight decay (never on norms, biases, position embeddings, tokens)")
