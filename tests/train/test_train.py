@@ -6,8 +6,9 @@ import torch
 from safetensors.torch import load_file
 
 import vitkit
+from vitkit.cli import main as cli_main
 from vitkit.errors import CheckpointError, VitkitError
-from vitkit.train import TrainConfig, cli_entry, train
+from vitkit.train import TrainConfig, train
 from vitkit.train import checkpoint as ckpt_mod
 from vitkit.train import loop as loop_mod
 from vitkit.train.optim import WarmupCosine, param_groups
@@ -162,12 +163,13 @@ def test_config_validation_files_and_cli(tmp_path, capsys):
     with pytest.raises(VitkitError, match="unknown training setting"):
         TrainConfig.from_file(tmp_path / "bad.toml")
     out = tmp_path / "cli"
-    argv = ["--model-args", "depth=1,embed_dim=32,num_heads=2", "--img-size", "16", "--max-train-samples", "32"]
+    argv = ["--model", "vit_tiny_patch4_28", "--model-args", "depth=1,embed_dim=32,num_heads=2", "--img-size", "16"]
+    argv += ["--max-train-samples", "32"]
     argv += ["--max-val-samples", "16", "--batch-size", "16", "--epochs", "1", "--progress", "none"]
     argv += ["--no-tensorboard", "--output-dir", str(out)]
-    assert cli_entry(argv) == 0
-    assert "done:" in capsys.readouterr().out and (out / "best" / "model.safetensors").is_file()
-    assert cli_entry(argv) == 2  # already a run there: a one-line error, not a traceback
+    assert cli_main(["train", *argv]) == 0
+    assert "finished:" in capsys.readouterr().out and (out / "best" / "model.safetensors").is_file()
+    assert cli_main(["train", *argv]) == 2  # already a run there: a one-line error, not a traceback
     assert "already holds a training run" in capsys.readouterr().err
 
 

@@ -4,7 +4,6 @@ Each field has a type, a default and ``metadata["help"]``; ``TrainConfig.from_di
 The engine's entry points (``vitkit.train``):
 
     train(cfg: TrainConfig, *, callbacks=None) -> TrainResult
-    cli_entry(argv) -> int        # what ``python -m vitkit train`` / torchrun call (argparse from TrainConfig)
 
 Data sources (``data`` / ``val_data``) are strings understood by :func:`vitkit.data.build_dataset`.
 """
