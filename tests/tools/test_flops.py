@@ -1,0 +1,60 @@
+"""FLOP/MAC counts: the papers' numbers for the standard variants, and the counting convention on a tiny ViT."""
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.errors import VitkitError
+from vitkit.tools.flops import count_flops
+
+# name: (params exactly, GMACs at 224 as the papers round them)
+PAPER = {
+    "vit_base_patch16_224": (86_567_656, 17.6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_standard_variants_match_papers(name):
+    params, gmacs = PAPER[name]
+    model = vitkit.create_model(name)
+    r = count_flops(model, (3, 224, 224))
+    assert r["params"] == params
+    assert round(r["gmacs"], 1) == gmacs
+    assert r["flops"] == 2 * r["macs"]
+
+
+def test_convention_counts_matmuls_convs_and_attention_products():
+    # ViT, D=32, 2 blocks, patch 8 on 32x32 -> N = 16 patches + [CLS] = 17 tokens, 5 classes
+    d, depth, n, classes, mlp = 32, 2, 17, 5, 128
+    model = vitkit.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=d, depth=depth, num_heads=2, num_classes=classes
+    )
+    linear = n * d * 3 * d + n * d * d + 2 * n * d * mlp  # qkv, proj, fc1 + fc2
+    attention = 2 * n * n * d  # q @ k^T and attn @ v, all heads together
+    patch = 16 * (3 * 8 * 8) * d
+    expected = depth * (linear + attention) + patch + d * classes
+    r = count_flops(model, 32, batch_size=3)
+    assert r["input_shape"] == [3, 3, 32, 32]
+    assert r["macs"] == 3 * expected
+    assert any("scaled_dot_product" in op for op in r["by_op"])  # fused CPU attention is counted
+
+
+def test_backward_counts_about_three_times_the_forward_and_keeps_mode():
+    model = vitkit.create_model("vit_nano_patch4_28").train()
+    fwd = count_flops(model)  # input size from the model's data_config
+    both = count_flops(model, backward=True)
+    assert fwd["input_shape"] == [1, 1, 28, 28]
+    assert 2.5 < both["flops"] / fwd["flops"] < 3.1
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_autocast_does_not_change_the_count():
+    model = vitkit.create_model("vit_nano_patch4_28")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert count_flops(model)["flops"] == count_flops(model)["flops"]
+
+
+def test_bad_input_size_is_a_clear_error():
+    with pytest.raises(VitkitError, match="input_size"):
+        count_flops(vitkit.create_model("vit_nano_patch4_28"), (1, 2, 3, 4, 5))
