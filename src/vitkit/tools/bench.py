@@ -40,7 +40,7 @@ from torch import nn
 
 import vitkit
 from vitkit.errors import VitkitError
-from vitkit.registry import get_entry, list_models
+from vitkit.registry import get_entry
 from vitkit.utils.io import atomic_write_json, atomic_write_text
 
 SCHEMA = "vitkit.bench/1"
@@ -749,8 +749,12 @@ def _override(s: str) -> tuple[str, Any]:
         return key, value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help=f"registered model name (e.g. {', '.join(list_models('*base*224')[:1])})")
+def add_arguments(parser: argparse.ArgumentParser, *, several_models: bool = False) -> None:
+    """The options of ``vitkit bench``; ``several_models`` takes ``--models A B ...`` instead of one MODEL."""
+    if several_models:
+        parser.add_argument("--models", nargs="+", default=None, help="registered model names")
+    else:
+        parser.add_argument("model", help="registered model name, e.g. vit_base_patch16_224 (see `vitkit models`)")
     parser.add_argument("--batch-size", "-b", type=int, default=8)
     parser.add_argument("--train-batch-size", type=int, default=None, help="default: --batch-size")
     parser.add_argument("--img-size", type=int, default=None, help="default: the model's")
