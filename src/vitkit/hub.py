@@ -128,22 +128,23 @@ def _config_from_vitkit(meta: dict[str, Any]) -> Any:
 
 
 def _convert(directory: Path, cfg_json: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor], Any, str | None]:
-    sd = read_weights(directory)
+    """Pick the format from config.json (before touching the weights), then read and convert them."""
     if "vitkit" in cfg_json:
         meta = cfg_json["vitkit"]
-        return _config_from_vitkit(meta), sd, cfg_json.get("class_names"), meta.get("model_name")
+        config = _config_from_vitkit(meta)
+        return config, read_weights(directory), cfg_json.get("class_names"), meta.get("model_name")
     if "model_type" in cfg_json:
         mt = cfg_json["model_type"]
         if mt not in HF_CONVERTERS:
             raise CheckpointError(f"{directory}: transformers model_type {mt!r} is not one of {sorted(HF_CONVERTERS)}")
-        cfg, sd, names = HF_CONVERTERS[mt](cfg_json, sd)
+        cfg, sd, names = HF_CONVERTERS[mt](cfg_json, read_weights(directory))
         return cfg, sd, names, None
     if "architecture" in cfg_json:
         arch = cfg_json["architecture"]
         conv = next((f for p, f in TIMM_CONVERTERS.items() if arch.startswith(p)), None)
         if conv is None:
             raise CheckpointError(f"{directory}: timm architecture {arch!r} is not a ViT/Swin/CvT vitkit knows")
-        cfg, sd, names = conv(cfg_json, sd)
+        cfg, sd, names = conv(cfg_json, read_weights(directory))
         return cfg, sd, names, arch.split(".")[0]
     raise CheckpointError(f"{directory / CONFIG_NAME}: no 'model_type', 'architecture' or 'vitkit' key")
 

@@ -4,7 +4,10 @@
 prefix of a timm ``architecture`` name.
 """
 
-from vitkit.convert import vit
+from vitkit.convert import cvt, swin, vit
 
 HF_CONVERTERS = {"vit": vit.from_hf}
 TIMM_CONVERTERS = {"vit_": vit.from_timm}
+HF_CONVERTERS["swin"] = swin.from_hf
+TIMM_CONVERTERS["swin_"] = swin.from_timm
+HF_CONVERTERS["cvt"] = cvt.from_hf

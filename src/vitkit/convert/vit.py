@@ -3,7 +3,7 @@
 import torch
 
 from vitkit.convert.common import class_names_from_hf, take
-from vitkit.errors import CheckpointError
+from vitkit.errors import CheckpointError, VitkitError
 from vitkit.models.vit import ViTConfig
 from vitkit.registry import get_entry, replace_config
 
@@ -71,30 +71,116 @@ def from_hf(hf_config: dict, sd: dict[str, torch.Tensor]) -> tuple[ViTConfig, di
     return cfg, state_dict_from_hf(sd, cfg), class_names_from_hf(hf_config)
 
 
-# timm model_args -> ViTConfig fields (names that differ; equal names pass through)
-_TIMM_ARGS = {"drop_rate": "drop_rate", "no_embed_class": None, "dynamic_img_size": None}
+# timm ``model_args`` (the keyword arguments of timm's VisionTransformer) that map onto ViTConfig fields.
+_TIMM_FIELDS = (
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "num_classes",
+    "global_pool",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "class_token",
+    "drop_rate",
+    "pos_drop_rate",
+    "proj_drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
+)
+# timm options vitkit's ViT does not have: accepted only at the value that means "off" (timm's default).
+_TIMM_DEFAULTS = {
+    "qk_norm": False,
+    "scale_attn_norm": False,
+    "scale_mlp_norm": False,
+    "proj_bias": True,
+    "init_values": None,
+    "pos_embed": "learn",
+    "no_embed_class": False,
+    "reg_tokens": 0,
+    "pre_norm": False,
+    "final_norm": True,
+    "pool_include_prefix": False,
+    "dynamic_img_pad": False,
+    "patch_drop_rate": 0.0,
+    "embed_norm_layer": None,
+    "norm_layer": None,
+    "act_layer": None,
+}
+# options that change only initialisation or input-size checks (vitkit accepts any multiple of the patch)
+_TIMM_IGNORED = ("dynamic_img_size", "weight_init", "fix_init")
+
+
+def config_from_timm(timm_config: dict, sd: dict[str, torch.Tensor]) -> ViTConfig:
+    """Build a ViTConfig from timm's hub ``config.json``.
+
+    timm >= 1.0 records every constructor argument in ``model_args``; older hub configs name only the
+    ``architecture``, so its registered vitkit config is the base and ``model_args`` override it.
+    """
+    arch = timm_config["architecture"].split(".")[0]
+    args = dict(timm_config.get("model_args") or {})
+    try:
+        base = get_entry(arch).config
+    except VitkitError:
+        if not args:
+            raise CheckpointError(
+                f"timm architecture {arch!r} is not registered in vitkit and config.json has no model_args "
+                "to build it from"
+            ) from None
+        base = ViTConfig()  # timm's VisionTransformer defaults, the same as ViTConfig's
+    if not isinstance(base, ViTConfig):
+        raise CheckpointError(f"timm architecture {arch!r} is not a ViT")
+
+    unknown = sorted(set(args) - set(_TIMM_FIELDS) - set(_TIMM_DEFAULTS) - set(_TIMM_IGNORED) - {"fc_norm"})
+    if unknown:
+        raise CheckpointError(f"timm {arch}: model_args {', '.join(unknown)} unknown to vitkit's ViT")
+    unsupported = [f"{k}={args[k]!r}" for k, v in _TIMM_DEFAULTS.items() if k in args and args[k] != v]
+    pool = args.get("global_pool", timm_config.get("global_pool", base.global_pool))
+    if pool not in ("token", "avg"):
+        unsupported.append(f"global_pool={pool!r}")
+    fc_norm = args.get("fc_norm")
+    if fc_norm is not None and fc_norm != (pool == "avg"):
+        unsupported.append(f"fc_norm={fc_norm!r} with global_pool={pool!r}")
+    if unsupported:
+        raise CheckpointError(f"timm {arch}: option(s) vitkit's ViT does not support: {', '.join(unsupported)}")
+
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if k in _TIMM_FIELDS}
+    patch = fields.get("patch_size")
+    if isinstance(patch, tuple):  # timm allows (ph, pw); vitkit's patches are square
+        if len(set(patch)) != 1:
+            raise CheckpointError(f"timm {arch}: non-square patch_size {list(patch)} is not supported")
+        fields["patch_size"] = patch[0]
+    fields["global_pool"] = pool
+    pre = timm_config.get("pretrained_cfg") or {}
+    if "img_size" not in fields and "input_size" in pre:
+        fields["img_size"] = tuple(pre["input_size"][1:])
+    for key in ("mean", "std"):
+        if key in pre:
+            fields[key] = tuple(pre[key])
+    if isinstance(pre.get("interpolation"), str):
+        fields["interpolation"] = pre["interpolation"]
+    if isinstance(pre.get("crop_pct"), (int, float)):
+        fields["crop_pct"] = float(pre["crop_pct"])
+    if "num_classes" in timm_config:
+        fields["num_classes"] = timm_config["num_classes"]
+    if "in_chans" not in fields and "patch_embed.proj.weight" in sd:
+        fields["in_chans"] = sd["patch_embed.proj.weight"].shape[1]
+    try:
+        return replace_config(base, **fields)
+    except VitkitError as e:
+        raise CheckpointError(f"timm {arch}: {e}") from None
+
+
+def class_names_from_timm(timm_config: dict) -> list[str] | None:
+    """timm writes ``label_names`` at the top level (a list or a dict index -> name), older timm in pretrained_cfg."""
+    names = timm_config.get("label_names") or (timm_config.get("pretrained_cfg") or {}).get("label_names")
+    if isinstance(names, dict):
+        names = [str(names.get(str(i), names.get(i, i))) for i in range(len(names))]
+    return [str(n) for n in names] if names else None
 
 
 def from_timm(timm_config: dict, sd: dict[str, torch.Tensor]) -> tuple[ViTConfig, dict, list[str] | None]:
-    arch = timm_config["architecture"].split(".")[0]
-    base = get_entry(arch).config
-    args = dict(timm_config.get("model_args") or {})
-    unsupported = {k for k in args if k in _TIMM_ARGS and _TIMM_ARGS[k] is None and args[k]}
-    if unsupported:
-        raise CheckpointError(f"timm ViT option(s) not supported: {', '.join(sorted(unsupported))}")
-    for k in ("no_embed_class", "dynamic_img_size"):
-        args.pop(k, None)
-    pre = timm_config.get("pretrained_cfg") or {}
-    if "input_size" in pre and "img_size" not in args:
-        args["img_size"] = tuple(pre["input_size"][1:])
-    if "mean" in pre:
-        args["mean"], args["std"] = tuple(pre["mean"]), tuple(pre["std"])
-    if "num_classes" in timm_config:
-        args["num_classes"] = timm_config["num_classes"]
-    if "global_pool" in timm_config:
-        args["global_pool"] = timm_config["global_pool"]
-    if "in_chans" not in args and "patch_embed.proj.weight" in sd:
-        args["in_chans"] = sd["patch_embed.proj.weight"].shape[1]
-    cfg = replace_config(base, **args)
-    names = pre.get("label_names")
-    return cfg, dict(sd), list(names) if names else None
+    """timm's ViT uses vitkit's parameter names, so only the config needs translating."""
+    return config_from_timm(timm_config, sd), dict(sd), class_names_from_timm(timm_config)

@@ -163,7 +163,7 @@ class VisionTransformer(VisionModel):
         gh, gw = cfg.grid_size
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + gh * gw, dim))
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth ramps with depth
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # ramps with depth
         self.blocks = nn.ModuleList(Block(cfg, dpr[i]) for i in range(cfg.depth))
         use_fc_norm = cfg.global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(dim, eps=cfg.norm_eps)

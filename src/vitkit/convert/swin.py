@@ -1,0 +1,236 @@
+"""Hugging Face / timm Swin checkpoints -> vitkit's SwinTransformer (timm >= 0.9 parameter names).
+
+transformers keeps patch merging at the end of stage i (``layers.i.downsample``); timm >= 0.9 and vitkit at
+the start of stage i + 1. timm checkpoints older than 0.9 use the transformers placement and ``head.*``
+instead of ``head.fc.*``; both are recognised. Both libraries concatenate the 2x2 neighbours of a merge in
+the same order (x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]), so reductions map unchanged.
+"""
+
+import math
+import re
+
+import torch
+
+from vitkit.convert.common import class_names_from_hf, take
+from vitkit.errors import CheckpointError, VitkitError
+from vitkit.models.swin import SwinConfig
+from vitkit.registry import get_entry, replace_config
+
+
+def _square(value, name: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise CheckpointError(f"Swin {name}={value!r} is not supported (only square)")
+        return int(value[0])
+    return int(value)
+
+
+def config_from_hf(hf: dict) -> SwinConfig:
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointError(f"Swin with hidden_act={hf['hidden_act']!r} is not supported (only 'gelu')")
+    if hf.get("use_absolute_embeddings", False):
+        raise CheckpointError("Swin with use_absolute_embeddings=True is not supported")
+    image_size = hf.get("image_size", 224)
+    try:
+        return SwinConfig(
+            img_size=tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size,
+            patch_size=_square(hf.get("patch_size", 4), "patch_size"),
+            in_chans=hf.get("num_channels", 3),
+            num_classes=len(hf["id2label"]) if hf.get("id2label") else hf.get("num_labels", 0),
+            embed_dim=hf.get("embed_dim", 96),
+            depths=tuple(hf.get("depths", (2, 2, 6, 2))),
+            num_heads=tuple(hf.get("num_heads", (3, 6, 12, 24))),
+            window_size=_square(hf.get("window_size", 7), "window_size"),
+            mlp_ratio=float(hf.get("mlp_ratio", 4.0)),
+            qkv_bias=hf.get("qkv_bias", True),
+            proj_drop_rate=hf.get("hidden_dropout_prob", 0.0),
+            attn_drop_rate=hf.get("attention_probs_dropout_prob", 0.0),
+            drop_path_rate=hf.get("drop_path_rate", 0.1),
+            norm_eps=hf.get("layer_norm_eps", 1e-5),
+        )
+    except ValueError as e:
+        raise CheckpointError(f"invalid Swin config.json: {e}") from None
+
+
+# transformers >= 5 renames some modules in memory; normalise to the names its checkpoints carry
+_HF_NEW_NAMES = [
+    ("attention.q_proj", "attention.self.query"),
+    ("attention.k_proj", "attention.self.key"),
+    ("attention.v_proj", "attention.self.value"),
+    ("attention.o_proj", "attention.output.dense"),
+    ("attention.relative_position_bias.relative_position_bias_table", "attention.self.relative_position_bias_table"),
+    ("mlp.fc1", "intermediate.dense"),
+    ("mlp.fc2", "output.dense"),
+]
+
+
+def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for k, v in sd.items():
+        if ".blocks." in k:
+            for new, old in _HF_NEW_NAMES:
+                k = k.replace(new, old)
+        renamed[k] = v
+    sd = renamed
+    prefix = "swin." if any(k.startswith("swin.") for k in sd) else ""
+    p = prefix
+    for k in list(sd):
+        if k.endswith(("relative_position_index", "embeddings.mask_token")):
+            del sd[k]  # cached index buffers (rebuilt here) and the SimMIM mask token
+    out = {
+        "patch_embed.proj.weight": take(sd, p + "embeddings.patch_embeddings.projection.weight"),
+        "patch_embed.proj.bias": take(sd, p + "embeddings.patch_embeddings.projection.bias"),
+        "patch_embed.norm.weight": take(sd, p + "embeddings.norm.weight"),
+        "patch_embed.norm.bias": take(sd, p + "embeddings.norm.bias"),
+        "norm.weight": take(sd, p + "layernorm.weight"),
+        "norm.bias": take(sd, p + "layernorm.bias"),
+    }
+    pairs = {
+        "attention.output.dense": "attn.proj",
+        "intermediate.dense": "mlp.fc1",
+        "output.dense": "mlp.fc2",
+        "layernorm_before": "norm1",
+        "layernorm_after": "norm2",
+    }
+    for i, depth in enumerate(cfg.depths):
+        for j in range(depth):
+            h, b = f"{p}encoder.layers.{i}.blocks.{j}.", f"layers.{i}.blocks.{j}."
+            att = h + "attention.self."
+            qkv = ("query", "key", "value")
+            out[b + "attn.qkv.weight"] = torch.cat([take(sd, f"{att}{n}.weight") for n in qkv])
+            if cfg.qkv_bias:
+                out[b + "attn.qkv.bias"] = torch.cat([take(sd, f"{att}{n}.bias") for n in qkv])
+            out[b + "attn.relative_position_bias_table"] = take(sd, att + "relative_position_bias_table")
+            for src, dst in pairs.items():
+                out[b + dst + ".weight"] = take(sd, h + src + ".weight")
+                out[b + dst + ".bias"] = take(sd, h + src + ".bias")
+        if i + 1 < cfg.num_stages:  # merging at the end of stage i -> start of stage i + 1
+            d = f"{p}encoder.layers.{i}.downsample."
+            out[f"layers.{i + 1}.downsample.norm.weight"] = take(sd, d + "norm.weight")
+            out[f"layers.{i + 1}.downsample.norm.bias"] = take(sd, d + "norm.bias")
+            out[f"layers.{i + 1}.downsample.reduction.weight"] = take(sd, d + "reduction.weight")
+    if "classifier.weight" in sd:
+        out["head.weight"] = sd.pop("classifier.weight")
+        out["head.bias"] = sd.pop("classifier.bias")
+    out.update(sd)  # leftovers surface as "unexpected keys" when loaded
+    return embed_clamped_tables(out, cfg)
+
+
+def from_hf(hf_config: dict, sd: dict[str, torch.Tensor]) -> tuple[SwinConfig, dict, list[str] | None]:
+    """transformers' ``SwinForImageClassification`` (or ``SwinModel``) checkpoint -> vitkit."""
+    cfg = config_from_hf(hf_config)
+    if "classifier.weight" not in sd:
+        cfg = replace_config(cfg, num_classes=0)  # a SwinModel checkpoint: backbone only
+    return cfg, state_dict_from_hf(sd, cfg), class_names_from_hf(hf_config)
+
+
+# --- timm ------------------------------------------------------------------------------------------
+_TIMM_PASS = {
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "num_classes",
+    "embed_dim",
+    "depths",
+    "num_heads",
+    "window_size",
+    "mlp_ratio",
+    "qkv_bias",
+    "drop_rate",
+    "proj_drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
+}
+
+
+def _timm_args(args: dict) -> dict:
+    args = dict(args)
+    if args.pop("always_partition", False):
+        raise CheckpointError("timm Swin option always_partition=True is not supported")
+    if args.pop("global_pool", "avg") not in ("avg", None):
+        raise CheckpointError("timm Swin global_pool other than 'avg' is not supported")
+    for key in ("embed_layer", "norm_layer"):
+        if key in args and args.pop(key) not in (None, "layernorm", "LayerNorm"):
+            raise CheckpointError(f"timm Swin option {key} is not supported")
+    args.pop("strict_img_size", None)
+    args.pop("weight_init", None)
+    head_dim = args.pop("head_dim", None)
+    unknown = sorted(set(args) - _TIMM_PASS)
+    if unknown:
+        raise CheckpointError(f"timm Swin option(s) not supported: {', '.join(unknown)}")
+    for key in ("window_size", "patch_size"):
+        if key in args:
+            args[key] = _square(args[key], key)
+    for key in ("depths", "num_heads", "img_size"):
+        if isinstance(args.get(key), list):
+            args[key] = tuple(args[key])
+    args["_head_dim"] = head_dim
+    return args
+
+
+def embed_clamped_tables(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
+    """Tables built for a window clamped to a small stage -> the centre of a full-size table.
+
+    timm, the official code and transformers 4.x size a stage's table for the stage's resolution when that is
+    smaller than the window (transformers 5 always uses the full window). The smaller window's offsets are a
+    subset of the full window's, so embedding the table in the centre gives the same bias at the checkpoint's
+    input size; the other entries are never used there and start at zero. Only tables smaller than the
+    checkpoint's own window are touched (a real window change is resized later, bicubically).
+    """
+    new = 2 * cfg.window_size - 1
+    out = dict(sd)
+    for k, table in sd.items():
+        if not k.endswith("relative_position_bias_table") or table.ndim != 2 or table.shape[0] >= new * new:
+            continue
+        side = math.isqrt(table.shape[0])
+        if side * side != table.shape[0] or side % 2 == 0:
+            raise CheckpointError(f"{k}: expected a ((2w-1)^2, heads) table, got shape {tuple(table.shape)}")
+        full = table.new_zeros(new, new, table.shape[1])
+        o = (new - side) // 2
+        full[o : o + side, o : o + side] = table.view(side, side, -1)
+        out[k] = full.view(new * new, -1)
+    return out
+
+
+def state_dict_from_timm(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
+    sd = {k: v for k, v in sd.items() if not k.endswith(("relative_position_index", "attn_mask"))}
+    if "head.fc.weight" not in sd and "head.weight" in sd:  # timm < 0.9: merging at the end of a stage
+        sd = {
+            re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", k): v
+            for k, v in sd.items()
+        }
+    else:
+        sd = {("head." + k[len("head.fc.") :] if k.startswith("head.fc.") else k): v for k, v in sd.items()}
+    return embed_clamped_tables(sd, cfg)
+
+
+def from_timm(timm_config: dict, sd: dict[str, torch.Tensor]) -> tuple[SwinConfig, dict, list[str] | None]:
+    """timm hub format (config.json with "architecture", "pretrained_cfg", optional "model_args") -> vitkit."""
+    arch = timm_config["architecture"].split(".")[0]
+    try:
+        base = get_entry(arch).config
+    except VitkitError:
+        raise CheckpointError(f"timm architecture {arch!r} is not a Swin variant vitkit knows") from None
+    args = _timm_args(timm_config.get("model_args") or {})
+    head_dim = args.pop("_head_dim")
+    pre = timm_config.get("pretrained_cfg") or {}
+    if "input_size" in pre and "img_size" not in args:
+        args["img_size"] = tuple(pre["input_size"][1:])
+    for key in ("interpolation", "crop_pct"):
+        if key in pre:
+            args[key] = pre[key]
+    if "mean" in pre:
+        args["mean"], args["std"] = tuple(pre["mean"]), tuple(pre["std"])
+    if "num_classes" in timm_config:
+        args["num_classes"] = timm_config["num_classes"]
+    if timm_config.get("global_pool", "avg") != "avg":
+        raise CheckpointError(f"timm Swin global_pool={timm_config['global_pool']!r} is not supported")
+    if "in_chans" not in args and "patch_embed.proj.weight" in sd:
+        args["in_chans"] = sd["patch_embed.proj.weight"].shape[1]
+    if "patch_size" not in args and "patch_embed.proj.weight" in sd:
+        args["patch_size"] = sd["patch_embed.proj.weight"].shape[-1]
+    cfg = replace_config(base, **args)
+    if head_dim is not None and any(cfg.embed_dim * 2**i != head_dim * n for i, n in enumerate(cfg.num_heads)):
+        raise CheckpointError(f"timm Swin head_dim={head_dim} different from dim / num_heads is not supported")
+    names = pre.get("label_names")
+    return cfg, state_dict_from_timm(sd, cfg), list(names) if names else None
