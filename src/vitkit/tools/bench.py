@@ -165,8 +165,57 @@ def _hf_vit_config(cfg: Any) -> Any:
     ), transformers.ViTForImageClassification
 
 
+def _hf_swin_config(cfg: Any) -> Any:
+    import transformers
+
+    h, w = vitkit.models.base.to_2tuple(cfg.img_size)
+    return transformers.SwinConfig(
+        image_size=h if h == w else [h, w],
+        patch_size=cfg.patch_size,
+        num_channels=cfg.in_chans,
+        embed_dim=cfg.embed_dim,
+        depths=list(cfg.depths),
+        num_heads=list(cfg.num_heads),
+        window_size=cfg.window_size,
+        mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias,
+        drop_path_rate=0.0,
+        layer_norm_eps=cfg.norm_eps,
+        num_labels=cfg.num_classes,
+    ), transformers.SwinForImageClassification
+
+
+def _hf_cvt_config(cfg: Any) -> Any:
+    import transformers
+
+    n = len(cfg.depth)
+    h = vitkit.models.base.to_2tuple(cfg.img_size)[0]
+    return transformers.CvtConfig(
+        num_channels=cfg.in_chans,
+        patch_sizes=list(cfg.patch_size),
+        patch_stride=list(cfg.patch_stride),
+        patch_padding=list(cfg.patch_padding),
+        embed_dim=list(cfg.embed_dim),
+        num_heads=list(cfg.num_heads),
+        depth=list(cfg.depth),
+        mlp_ratio=list(cfg.mlp_ratio),
+        qkv_bias=list(cfg.qkv_bias),
+        cls_token=list(cfg.cls_token),
+        kernel_qkv=[cfg.kernel_qkv] * n,
+        padding_q=[cfg.padding_q] * n,
+        padding_kv=[cfg.padding_kv] * n,
+        stride_q=[cfg.stride_q] * n,
+        stride_kv=[cfg.stride_kv] * n,
+        drop_rate=[0.0] * n,
+        attention_drop_rate=[0.0] * n,
+        drop_path_rate=[0.0] * n,
+        num_labels=cfg.num_classes,
+        image_size=h,  # not a transformers field: lets vitkit's converter restore img_size
+    ), transformers.CvtForImageClassification
+
+
 # family -> function(vitkit config) -> (transformers config, transformers model class)
-HF_CONFIGS: dict[str, Callable[[Any], Any]] = {"vit": _hf_vit_config}
+HF_CONFIGS: dict[str, Callable[[Any], Any]] = {"vit": _hf_vit_config, "swin": _hf_swin_config, "cvt": _hf_cvt_config}
 
 
 def build_vitkit(name: str, img_size: int | None, overrides: dict[str, Any]) -> nn.Module:
@@ -186,6 +235,9 @@ def build_hf_pair(name: str, img_size: int | None, overrides: dict[str, Any], se
     torch.manual_seed(seed)
     hf = hf_cls(hf_cfg)
     with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as tmp:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
         hf.save_pretrained(tmp)
         model = vitkit.from_pretrained(tmp)
     model.model_name = name
