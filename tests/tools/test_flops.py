@@ -53,8 +53,9 @@ def test_convention_counts_matmuls_convs_and_attention_products():
     assert any("scaled_dot_product" in op for op in r["by_op"])  # fused CPU attention is counted
 
 
-def test_backward_counts_about_three_times_the_forward_and_keeps_mode():
-    model = vitkit.create_model("vit_nano_patch4_28").train()
+@pytest.mark.parametrize("name", ["vit_nano_patch4_28", "cvt_nano_28"])  # cvt: depthwise (grouped) convs
+def test_backward_counts_about_three_times_the_forward_and_keeps_mode(name):
+    model = vitkit.create_model(name).train()
     fwd = count_flops(model)  # input size from the model's data_config
     both = count_flops(model, backward=True)
     assert fwd["input_shape"] == [1, 1, 28, 28]

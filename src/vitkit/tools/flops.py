@@ -8,14 +8,15 @@ attention products are 0.72 of those GMACs, so a count without them would give 1
 
 PyTorch's counter knows the CUDA attention kernels but not the CPU one
 (``aten._scaled_dot_product_flash_attention_for_cpu``), so it is added here; without it the attention
-products on CPU would silently count as zero.
+products on CPU would silently count as zero. Its convolution-backward formula is replaced too (it mishandles
+grouped convolutions).
 """
 
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
 
 from vitkit.errors import VitkitError
 
@@ -30,8 +31,16 @@ def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape,
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None) -> int:  # fmt: skip
+    """Each requested gradient (input, weight) costs one forward convolution. PyTorch's own formula ignores
+    ``groups`` for the input gradient, which counts CvT's depthwise convolutions' backward ~20x too high."""
+    fwd = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def _custom_mapping() -> dict[Any, Any]:
-    mapping: dict[Any, Any] = {}
+    mapping: dict[Any, Any] = {aten.convolution_backward: _conv_backward_flop}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flop
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
