@@ -3,10 +3,11 @@
 What is measured, per contender (vitkit in a mode and dtype; with ``--compare`` also transformers and timm):
   * inference images/s and batch latency p50 / p90 (``torch.inference_mode``),
   * training-step images/s (forward, cross-entropy, backward, SGD step with momentum, like timm's benchmark),
-  * peak memory, each contender alone in a fresh subprocess so runs cannot contaminate each other
-    (CPU: the kernel's resident-set high-water mark ``VmHWM``, reset through ``/proc/self/clear_refs`` after
-    the model is built, minus the RSS after imports, i.e. weights + activations (+ gradients and optimizer
-    state for training); falls back to ``ru_maxrss``. CUDA: ``torch.cuda.max_memory_allocated``),
+  * peak memory, each contender alone in a fresh subprocess that builds only that model, so runs cannot
+    contaminate each other (CPU: the kernel's resident-set high-water mark ``VmHWM``, reset through
+    ``/proc/self/clear_refs`` after the model is built; ``peak_mem_mb`` = peak - RSS after imports, i.e.
+    weights + activations (+ gradients and optimizer state for training); ``run_mem_mb`` = peak - RSS after
+    building, what running adds; falls back to ``ru_maxrss``. CUDA: ``torch.cuda.max_memory_allocated``),
   * FLOPs per image (``vitkit.tools.flops``) and the achieved rate as a fraction of this machine's dense matmul
     rate, measured in the same run (``torch.mm`` of 2048 x 2048 at the benchmark's thread count and dtype).
 
@@ -274,6 +275,7 @@ class Contender:
     trainable: bool = True
     setup_s: float = 0.0  # export / quantisation time; compile time is measured on the first call
     weights: str = "shared"
+    input_size: tuple[int, ...] = (3, 224, 224)  # (C, H, W) of one image
     optimizer: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -415,7 +417,8 @@ def _memory_child(job: dict[str, Any]) -> dict[str, Any]:
     linux = Path("/proc/self/status").exists()
     base_kb = _rss_kb() if linux else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     c = _build_contender(job["model"], spec, job["img_size"], job["overrides"], device, job["threads"])
-    x, y = _inputs(job["batch_size"], c_input_size(c), job["num_classes"], device, seed=0)
+    x, y = _inputs(job["batch_size"], c.input_size, job["num_classes"], device, seed=0)
+    built_kb = _rss_kb() if linux else base_kb
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     method = "cuda max_memory_allocated"
@@ -427,13 +430,15 @@ def _memory_child(job: dict[str, Any]) -> dict[str, Any]:
         else:
             infer_step(c, x, device)
     synchronize(device)
+    act_mb = None
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     elif method.startswith("VmHWM"):
-        peak_mb = (_hwm_kb() - base_kb) / 1024
+        hwm = _hwm_kb()
+        peak_mb, act_mb = (hwm - base_kb) / 1024, round((hwm - built_kb) / 1024, 1)
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
-    return {"peak_mem_mb": round(peak_mb, 1), "mem_method": method}
+    return {"peak_mem_mb": round(peak_mb, 1), "run_mem_mb": act_mb, "mem_method": method}
 
 
 def measure_memory(job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
@@ -466,10 +471,6 @@ def _inputs(batch: int, input_size, num_classes: int, device: torch.device, seed
     return x, y
 
 
-def c_input_size(c: Contender) -> tuple[int, int, int]:
-    return c.input_size  # type: ignore[attr-defined]
-
-
 def _build_contender(
     name: str,
     spec: dict[str, str],
@@ -487,8 +488,14 @@ def _build_contender(
         model, setup = make_mode(base, mode, threads=threads, input_size=input_size)
         c = Contender(spec_name(spec), impl, mode, dtype, model, trainable=mode in ("eager", "compile"), setup_s=setup)
     elif impl == "transformers":
-        vk, hf = pair if pair is not None else build_hf_pair(name, img_size, overrides)
-        input_size = tuple(vk.data_config["input_size"])
+        if pair is not None:
+            vk, hf = pair
+            input_size = tuple(vk.data_config["input_size"])
+        else:  # the memory subprocess: only the transformers model may live in it
+            config = build_vitkit(name, img_size, overrides).config
+            input_size = (config.in_chans, *vitkit.models.base.to_2tuple(config.img_size))
+            hf_cfg, hf_cls = HF_CONFIGS[get_entry(name).family](config)
+            hf = hf_cls(hf_cfg)
         c = Contender(spec_name(spec), impl, mode, dtype, hf.to(device).eval())
     elif impl == "timm":
         vk = pair[0] if pair is not None else build_vitkit(name, img_size, overrides)
@@ -497,7 +504,7 @@ def _build_contender(
         c = Contender(spec_name(spec), impl, mode, dtype, tm.to(device).eval(), weights=weights)
     else:
         raise VitkitError(f"unknown implementation {impl!r}")
-    c.input_size = input_size  # type: ignore[attr-defined]
+    c.input_size = tuple(input_size)
     return c
 
 
@@ -634,6 +641,7 @@ def benchmark(
                 "weights": c.weights,
                 "max_abs_logit_diff_vs_first": diffs.get(c.name),
                 "peak_mem_mb": None,
+                "run_mem_mb": None,
                 "mem_method": "not measured",
             }
             results.append(r)
