@@ -73,3 +73,12 @@ def test_autocast_does_not_change_the_count():
 def test_bad_input_size_is_a_clear_error():
     with pytest.raises(VitkitError, match="input_size"):
         count_flops(vitkit.create_model("vit_nano_patch4_28"), (1, 2, 3, 4, 5))
+
+
+def test_model_stats_for_the_model_listing():
+    from vitkit.tools.flops import model_stats
+
+    s = model_stats("cvt_nano_28")
+    assert s["family"] == "cvt" and s["input_size"] == (1, 28, 28)
+    assert s["params"] == vitkit.create_model("cvt_nano_28").num_params()
+    assert s["gmacs"] == count_flops(vitkit.create_model("cvt_nano_28"))["gmacs"] > 0

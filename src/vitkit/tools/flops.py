@@ -118,3 +118,18 @@ def count_flops(
         "backward": backward,
         "by_op": by_op,
     }
+
+
+def model_stats(name: str, **overrides: Any) -> dict[str, Any]:
+    """Params and GMACs of a registered model at its own input size (what ``vitkit models`` lists)."""
+    from vitkit.registry import create_model, get_entry
+
+    model = create_model(name, **overrides).eval()
+    r = count_flops(model)
+    return {
+        "name": name,
+        "family": get_entry(name).family,
+        "input_size": tuple(r["input_shape"][1:]),
+        "params": r["params"],
+        "gmacs": r["gmacs"],
+    }
