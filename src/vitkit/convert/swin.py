@@ -194,13 +194,12 @@ def embed_clamped_tables(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[s
 
 def state_dict_from_timm(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
     sd = {k: v for k, v in sd.items() if not k.endswith(("relative_position_index", "attn_mask"))}
-    if "head.fc.weight" not in sd and "head.weight" in sd:  # timm < 0.9: merging at the end of a stage
+    if any(k.startswith("layers.0.downsample.") for k in sd):  # timm < 0.9: merging at the end of a stage
         sd = {
             re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", k): v
             for k, v in sd.items()
         }
-    else:
-        sd = {("head." + k[len("head.fc.") :] if k.startswith("head.fc.") else k): v for k, v in sd.items()}
+    sd = {("head." + k[len("head.fc.") :] if k.startswith("head.fc.") else k): v for k, v in sd.items()}
     return embed_clamped_tables(sd, cfg)
 
 
