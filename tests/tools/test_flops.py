@@ -82,3 +82,17 @@ def test_model_stats_for_the_model_listing():
     assert s["family"] == "cvt" and s["input_size"] == (1, 28, 28)
     assert s["params"] == vitkit.create_model("cvt_nano_28").num_params()
     assert s["gmacs"] == count_flops(vitkit.create_model("cvt_nano_28"))["gmacs"] > 0
+
+
+def test_fused_cpu_linear_counts_like_the_plain_one(monkeypatch):
+    from tests.tools.conftest import TINY
+    from vitkit.models import swin
+
+    name, overrides, size, _ = TINY["swin"]
+    model = vitkit.create_model(name, img_size=size, **overrides)
+    fused = count_flops(model)
+    monkeypatch.setattr(swin, "FUSED_CPU_INFERENCE", False)
+    plain = count_flops(model)
+    assert fused["flops"] == plain["flops"] > 0
+    if swin._HAS_FUSED_LINEAR:
+        assert any("linear_pointwise" in op for op in fused["by_op"])

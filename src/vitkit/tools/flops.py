@@ -9,9 +9,11 @@ attention products are 0.72 of those GMACs, so a count without them would give 1
 PyTorch's counter knows the CUDA attention kernels but not the CPU one
 (``aten._scaled_dot_product_flash_attention_for_cpu``), so it is added here; without it the attention
 products on CPU would silently count as zero. Its convolution-backward formula is replaced too (it mishandles
-grouped convolutions).
+grouped convolutions), and oneDNN's fused linear (``mkldnn._linear_pointwise``, used by Swin's CPU inference
+path) is counted like the ``addmm`` it replaces.
 """
 
+import math
 from typing import Any
 
 import torch
@@ -39,8 +41,16 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
+def _linear_pointwise_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's fused linear (+ bias / GELU / residual add), which a model may use for CPU inference."""
+    return 2 * math.prod(out_shape) * x_shape[-1]
+
+
 def _custom_mapping() -> dict[Any, Any]:
     mapping: dict[Any, Any] = {aten.convolution_backward: _conv_backward_flop}
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    if mkldnn is not None and hasattr(mkldnn, "_linear_pointwise"):
+        mapping[mkldnn._linear_pointwise] = _linear_pointwise_flop
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flop
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
