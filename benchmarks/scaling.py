@@ -93,7 +93,10 @@ def plot(rows: list[dict], fits: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    panels = [(axes[0], "seconds", "inference time, batch 1 (s)"), (axes[1], "activation_mb", "activation MiB")]
+    panels = [
+        (axes[0], "seconds", "inference time, batch 1 (s)"),
+        (axes[1], "activation_mb", "activation MiB (peak - weights)"),
+    ]
     for ax, key, label in panels:
         for model in fits:
             pts = [r for r in rows if r["model"] == model and "error" not in r and r.get(key, 0) > 0]
