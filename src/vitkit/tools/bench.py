@@ -746,14 +746,17 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['flops']['gmacs_per_image']:.2f} GMACs/img · {result['flops']['params'] / 1e6:.2f} M params · "
         f"load avg {m.get('load_avg_before')} -> {m.get('load_avg_after')}",
         "",
-        "| contender | task | batch | img/s | p50 ms | p90 ms | GFLOP/s | of matmul peak | peak MiB | first call s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | task | batch | img/s | vs vitkit fp32 | p50 ms | p90 ms | GFLOP/s | of matmul peak | peak MiB "
+        "| first call s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    base = {r["task"]: r["img_per_s"] for r in result["results"] if r["name"] == "vitkit"}
     for r in result["results"]:
+        rel = f"{r['img_per_s'] / base[r['task']]:.2f}x" if r["task"] in base else "-"
         lines.append(
-            f"| {r['name']} | {r['task']} | {r['batch_size']} | {r['img_per_s']:.2f} | {r['latency_ms_p50']:.1f} | "
-            f"{r['latency_ms_p90']:.1f} | {r['gflops_per_s']:.1f} | {100 * r['frac_of_matmul_peak']:.0f}% | "
-            f"{_fmt(r['peak_mem_mb'], '.0f')} | {r['first_call_s']:.2f} |"
+            f"| {r['name']} | {r['task']} | {r['batch_size']} | {r['img_per_s']:.2f} | {rel} | "
+            f"{r['latency_ms_p50']:.1f} | {r['latency_ms_p90']:.1f} | {r['gflops_per_s']:.1f} | "
+            f"{100 * r['frac_of_matmul_peak']:.0f}% | {_fmt(r['peak_mem_mb'], '.0f')} | {r['first_call_s']:.2f} |"
         )
     if result["ratios"]:
         lines += ["", "| task | dtype | vitkit img/s | fastest peer | peer img/s | speed ratio | memory ratio |"]
