@@ -116,7 +116,8 @@ def test_memory_is_measured_in_a_subprocess_for_a_peer():
     assert r["mem_method"].startswith("VmHWM")
 
 
-def test_memory_child_measures_a_positive_peak():
+def test_memory_grows_with_the_batch():
+    # each measurement in its own process: in this (pytest) process earlier tests' freed memory would be reused
     job = {
         "model": "vit_nano_patch4_28",
         "spec": {"impl": "vitkit", "mode": "eager", "dtype": "fp32"},
@@ -129,7 +130,7 @@ def test_memory_child_measures_a_positive_peak():
         "task": "train",
         "iters": 1,
     }
-    small = bench._memory_child(job)
-    job["batch_size"] = 256
-    big = bench._memory_child(job)
-    assert 0 < small["peak_mem_mb"] < big["peak_mem_mb"]
+    small = bench.measure_memory(job, timeout=120)
+    big = bench.measure_memory(job | {"batch_size": 256}, timeout=120)
+    assert 0 < small["peak_mem_mb"] < big["peak_mem_mb"], (small, big)
+    assert 0 < small["run_mem_mb"] < big["run_mem_mb"]
