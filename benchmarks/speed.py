@@ -1,0 +1,104 @@
+"""Speed / memory of several models side by side with transformers (and timm), using ``vitkit.tools.bench``.
+
+    python benchmarks/speed.py --threads 2 --batch-size 8 --train-batch-size 4 --compare \
+        --out benchmarks/results
+
+writes one ``<model>_<device>_t<threads>_b<batch>_<date>.json`` (+ ``.md``) per model and a summary
+``speed_summary_<device>_<date>.md`` with the ratio table. Any ``vitkit bench`` option can be given; it applies to
+every model. Run from the repository root (``PYTHONPATH=src`` if vitkit is not installed).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from vitkit.registry import list_models
+from vitkit.tools import bench
+from vitkit.utils.io import atomic_write_text
+
+DEFAULT_MODELS = ["vit_base_patch16_224", "swin_tiny_patch4_window7_224", "cvt_13_224"]
+TARGETS = {  # inference speed ratio vs the fastest peer the issue asks for (fp32, CPU, 2 threads, batch 8)
+    "vit_base_patch16_224": 1.0,
+    "swin_tiny_patch4_window7_224": 1.2,
+    "cvt_13_224": 1.3,
+}
+
+
+def summary(results: list[dict]) -> str:
+    lines = [
+        "| model | task | dtype | vitkit img/s | fastest peer | peer img/s | speed ratio | target | met | "
+        "vitkit MiB | peer MiB | memory ratio |",
+        "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in results:
+        model = r["settings"]["model"]
+        for q in r["ratios"]:
+            target = TARGETS.get(model, 1.0) if q["task"] == "infer" else 1.0
+            mem_ok = q["mem_ratio"] is None or q["mem_ratio"] <= 1.0
+            met = "yes" if q["speed_ratio"] >= target and mem_ok else "no"
+            batch = r["settings"]["batch_size" if q["task"] == "infer" else "train_batch_size"]
+            lines.append(
+                f"| {model} | {q['task']} (b{batch})"
+                f" | {q['dtype']} | {q['vitkit_img_per_s']:.2f} | {q['fastest_peer']} | {q['peer_img_per_s']:.2f} | "
+                f"{q['speed_ratio']:.3f}x | {target:.1f}x | {met} | {bench._fmt(q['vitkit_peak_mem_mb'], '.0f')} | "
+                f"{bench._fmt(q['lowest_peer_mem_mb'], '.0f')} | {bench._fmt(q['mem_ratio'], '.3f')} |"
+            )
+    loads = [(r["machine"]["load_avg_before"], r["machine"]["load_avg_after"]) for r in results]
+    lines += [
+        "",
+        "load average (1, 5, 15 min) before -> after each model: " + "; ".join(f"{a} -> {b}" for a, b in loads),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench.add_arguments(parser, several_models=True)
+    args = parser.parse_args(argv)
+    models = (
+        [m for m in args.models if m in list_models()]
+        if args.models
+        else [m for m in DEFAULT_MODELS if m in list_models()]
+    )
+    missing = sorted(set(args.models or DEFAULT_MODELS) - set(list_models()))
+    if missing:
+        print(f"not registered (skipped): {', '.join(missing)}", file=sys.stderr)
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    results = []
+    for name in models:
+        result = bench.benchmark(
+            name,
+            batch_size=args.batch_size,
+            train_batch_size=args.train_batch_size,
+            img_size=args.img_size,
+            threads=args.threads,
+            device=args.device,
+            dtypes=tuple(args.dtype),
+            modes=tuple(args.mode),
+            tasks=tuple(args.task),
+            compare=args.compare,
+            warmup=args.warmup,
+            iters=args.iters,
+            repeats=args.repeats,
+            memory=not args.no_memory,
+            overrides=dict(args.set),
+            log=log,
+        )
+        print(bench.format_table(result))
+        if args.out:
+            print(f"wrote {bench.write_result(result, args.out)}")
+        results.append(result)
+    text = summary(results)
+    print(text)
+    if args.out and results and not args.out.endswith(".json"):
+        tag = bench.device_tag(results[0]["machine"])
+        path = (
+            Path(args.out) / f"speed_summary_{tag}_t{results[0]['settings']['threads']}_{results[0]['created'][:10]}.md"
+        )
+        atomic_write_text(path, text)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The benchmark's plumbing on a tiny ViT: JSON schema, same weights as transformers, ratios, CLI (never timings)."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.errors import VitkitError
+from vitkit.tools import bench
+from vitkit.tools.quantize import quantize_dynamic_int8
+
+TINY_VIT = ["--set", "embed_dim=32", "--set", "depth=2", "--set", "num_heads=2", "--set", "patch_size=8"]
+FAST = ["--img-size", "32", "--batch-size", "2", "--threads", "1", "--warmup", "1", "--iters", "1", "--repeats", "2"]
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_run_writes_json_and_table(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    args = _parse(["vit_base_patch16_224", *TINY_VIT, *FAST, "--compare", "--no-memory", "--out", str(tmp_path), "-q"])
+    assert bench.run(args) == 0
+    (path,) = tmp_path.glob("*.json")
+    assert path.name.startswith("vit_base_patch16_224_cpu-") and path.with_suffix(".md").is_file()
+    r = json.loads(path.read_text())
+    assert r["schema"] == bench.SCHEMA
+    assert r["settings"]["input_size"] == [3, 32, 32] and r["settings"]["overrides"]["depth"] == 2
+    assert r["matmul_gflops"]["fp32"] > 0
+    assert r["flops"]["params"] == vitkit.create_model("vit_base_patch16_224", **r["settings"]["overrides"],
+                                                       img_size=32).num_params()  # fmt: skip
+    assert r["flops"]["train_gflops_per_image"] > 2 * 2 * r["flops"]["gmacs_per_image"]
+    names = {(x["name"], x["task"]) for x in r["results"]}
+    assert names == {("vitkit", "infer"), ("transformers", "infer"), ("vitkit", "train"), ("transformers", "train")}
+    for x in r["results"]:
+        assert x["img_per_s"] > 0 and len(x["repeat_img_per_s"]) == 2
+        assert 0 < x["latency_ms_p50"] <= x["latency_ms_p90"]
+        assert x["gflops_per_s"] > 0 and x["frac_of_matmul_peak"] > 0
+        assert x["peak_mem_mb"] is None and x["mem_method"] == "not measured"
+        # same weights: transformers' logits equal vitkit's
+        assert x["max_abs_logit_diff_vs_first"] < 1e-4
+    assert {(q["task"], q["dtype"]) for q in r["ratios"]} == {("infer", "fp32"), ("train", "fp32")}
+    q = r["ratios"][0]
+    assert q["speed_ratio"] == pytest.approx(q["vitkit_img_per_s"] / q["peer_img_per_s"], rel=1e-2)
+    out = capsys.readouterr().out
+    assert "| vitkit | infer |" in out and "speed ratio" in out
+
+
+def test_modes_run_and_agree_with_eager():
+    r = bench.benchmark(
+        "vit_nano_patch4_28",
+        batch_size=2,
+        threads=1,
+        modes=("eager", "int8", "onnx"),
+        dtypes=("fp32", "bf16"),
+        tasks=("infer",),
+        warmup=1,
+        iters=1,
+        repeats=1,
+        memory=False,
+    )
+    got = {x["name"]: x for x in r["results"]}
+    assert set(got) == {"vitkit", "vitkit[bf16]", "vitkit[int8]", "vitkit[onnx]"}  # no int8/onnx in bf16
+    assert got["vitkit[onnx]"]["max_abs_logit_diff_vs_first"] < 1e-4
+    assert 0 < got["vitkit[bf16]"]["max_abs_logit_diff_vs_first"] < 0.5
+    assert got["vitkit[onnx]"]["setup_s"] > 0 and got["vitkit"]["peak_mem_mb"] is None
+    assert r["ratios"] == []  # no peers
+
+
+def test_int8_quantises_every_linear_and_keeps_predictions_close():
+    model = vitkit.create_model("vit_nano_patch4_28").eval()
+    q = quantize_dynamic_int8(model)
+    assert not any(type(m) is torch.nn.Linear for m in q.modules())
+    assert any(type(m) is torch.nn.Linear for m in model.modules())  # the original is untouched
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max() + 1e-3
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(VitkitError, match="unknown model"):
+        bench.benchmark("vit_nope", memory=False)
+    with pytest.raises(VitkitError, match="mode"):
+        bench.benchmark("vit_nano_patch4_28", modes=("turbo",), memory=False)
+    with pytest.raises(VitkitError, match="CUDA"):
+        if not torch.cuda.is_available():
+            bench.resolve_device("cuda")
+        else:
+            raise VitkitError("CUDA is available; nothing to check")
+    with pytest.raises(SystemExit):
+        _parse(["vit_nano_patch4_28", "--dtype", "fp8"])
+    assert bench.main(["vit_nope", "--no-memory"]) == 2
+
+
+def test_memory_is_measured_in_a_subprocess_for_a_peer():
+    pytest.importorskip("transformers")
+    job = {
+        "model": "vit_base_patch16_224",
+        "spec": {"impl": "transformers", "mode": "eager", "dtype": "fp32"},
+        "img_size": 32,
+        "overrides": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8},
+        "device": "cpu",
+        "threads": 1,
+        "batch_size": 2,
+        "num_classes": 1000,
+        "task": "infer",
+        "iters": 1,
+    }
+    r = bench.measure_memory(job, timeout=120)
+    assert r["peak_mem_mb"] > 0, r
+    assert r["mem_method"].startswith("VmHWM")
+
+
+def test_memory_grows_with_the_batch():
+    # each measurement in its own process: in this (pytest) process earlier tests' freed memory would be reused
+    job = {
+        "model": "vit_nano_patch4_28",
+        "spec": {"impl": "vitkit", "mode": "eager", "dtype": "fp32"},
+        "img_size": None,
+        "overrides": {},
+        "device": "cpu",
+        "threads": 1,
+        "batch_size": 16,
+        "num_classes": 10,
+        "task": "train",
+        "iters": 1,
+    }
+    small = bench.measure_memory(job, timeout=120)
+    big = bench.measure_memory(job | {"batch_size": 256}, timeout=120)
+    assert 0 < small["peak_mem_mb"] < big["peak_mem_mb"], (small, big)
+    assert 0 < small["run_mem_mb"] < big["run_mem_mb"]
