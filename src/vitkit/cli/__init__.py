@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vitkit.cli.demo", "offline demo: train + evaluate a small ViT on the bundled Fashion-MNIST sample"),
     "compare": ("vitkit.cli.compare", "train + evaluate one small model per family on the same data and budget"),
     "bench": ("vitkit.tools.bench", "benchmark speed and memory (vitkit.tools.bench)"),
-    "export": ("vitkit.tools.export", "export a model to ONNX / TorchScript (vitkit.tools.export)"),
+    "export": ("vitkit.tools.export", "export a model to ONNX and check it with onnxruntime (vitkit.tools.export)"),
 }
 OPTIONAL = {"bench", "export"}  # provided by vitkit.tools, which may not be installed
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode
 
 from vitkit.models.base import to_2tuple
 from vitkit.registry import build_model, get_entry, replace_config
+from vitkit.tools.flops import flop_counter
 
 
 class _ParamsOnMeta(TorchFunctionMode):
@@ -51,7 +51,7 @@ def count_flops(model: nn.Module, input_size: tuple[int, int, int], batch_size: 
     """FLOPs of one forward pass on ``input_size`` = (C, H, W), on the model's own device (meta works)."""
     device = next(model.parameters()).device
     x = torch.zeros(batch_size, *input_size, device=device)
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()  # the one counting convention of vitkit.tools.flops (CPU fused attention included)
     was_training = model.training
     model.eval()
     try:
