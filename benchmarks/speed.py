@@ -63,27 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted(set(args.models or DEFAULT_MODELS) - set(list_models()))
     if missing:
         print(f"not registered (skipped): {', '.join(missing)}", file=sys.stderr)
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     results = []
     for name in models:
-        result = bench.benchmark(
-            name,
-            batch_size=args.batch_size,
-            train_batch_size=args.train_batch_size,
-            img_size=args.img_size,
-            threads=args.threads,
-            device=args.device,
-            dtypes=tuple(args.dtype),
-            modes=tuple(args.mode),
-            tasks=tuple(args.task),
-            compare=args.compare,
-            warmup=args.warmup,
-            iters=args.iters,
-            repeats=args.repeats,
-            memory=not args.no_memory,
-            overrides=dict(args.set),
-            log=log,
-        )
+        result = bench.benchmark_from_args(name, args)
         print(bench.format_table(result))
         if args.out:
             print(f"wrote {bench.write_result(result, args.out)}")

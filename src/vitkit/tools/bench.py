@@ -837,10 +837,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, several_models: bool = Fal
     parser.add_argument("--quiet", "-q", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
+def benchmark_from_args(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``benchmark(name)`` with the settings of ``add_arguments`` (shared by ``vitkit bench`` and benchmarks/)."""
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    result = benchmark(
-        args.model,
+    return benchmark(
+        name,
         batch_size=args.batch_size,
         train_batch_size=args.train_batch_size,
         img_size=args.img_size,
@@ -857,6 +858,10 @@ def run(args: argparse.Namespace) -> int:
         overrides=dict(args.set),
         log=log,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    result = benchmark_from_args(args.model, args)
     print(format_table(result))
     if args.out:
         path = write_result(result, args.out)
