@@ -46,3 +46,28 @@ def take(state_dict: dict[str, torch.Tensor], key: str, source: str = "checkpoin
     if key not in state_dict:
         raise CheckpointError(f"{source}: missing key {key!r}")
     return state_dict.pop(key)
+
+
+# transformers' names inside one encoder layer -> timm's (ViT and Swin use the same layout)
+HF_LAYER_PAIRS = {
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+}
+
+
+def hf_encoder_layer(
+    sd: dict[str, torch.Tensor], src: str, attn_src: str, dst: str, qkv_bias: bool
+) -> dict[str, torch.Tensor]:
+    """Pop one transformers encoder layer (``src``; separate query/key/value under ``attn_src``) from ``sd``
+    and return it in timm's names under ``dst``, with q, k, v fused into one ``attn.qkv`` Linear."""
+    qkv = ("query", "key", "value")
+    out = {dst + "attn.qkv.weight": torch.cat([take(sd, f"{attn_src}{n}.weight") for n in qkv])}
+    if qkv_bias:
+        out[dst + "attn.qkv.bias"] = torch.cat([take(sd, f"{attn_src}{n}.bias") for n in qkv])
+    for s, d in HF_LAYER_PAIRS.items():
+        out[dst + d + ".weight"] = take(sd, src + s + ".weight")
+        out[dst + d + ".bias"] = take(sd, src + s + ".bias")
+    return out

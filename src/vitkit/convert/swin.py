@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from vitkit.convert.common import class_names_from_hf, take
+from vitkit.convert.common import class_names_from_hf, hf_encoder_layer, take
 from vitkit.errors import CheckpointError, VitkitError
 from vitkit.models.swin import SwinConfig
 from vitkit.registry import get_entry, replace_config
@@ -85,25 +85,11 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str
         "norm.weight": take(sd, p + "layernorm.weight"),
         "norm.bias": take(sd, p + "layernorm.bias"),
     }
-    pairs = {
-        "attention.output.dense": "attn.proj",
-        "intermediate.dense": "mlp.fc1",
-        "output.dense": "mlp.fc2",
-        "layernorm_before": "norm1",
-        "layernorm_after": "norm2",
-    }
     for i, depth in enumerate(cfg.depths):
         for j in range(depth):
             h, b = f"{p}encoder.layers.{i}.blocks.{j}.", f"layers.{i}.blocks.{j}."
-            att = h + "attention.self."
-            qkv = ("query", "key", "value")
-            out[b + "attn.qkv.weight"] = torch.cat([take(sd, f"{att}{n}.weight") for n in qkv])
-            if cfg.qkv_bias:
-                out[b + "attn.qkv.bias"] = torch.cat([take(sd, f"{att}{n}.bias") for n in qkv])
-            out[b + "attn.relative_position_bias_table"] = take(sd, att + "relative_position_bias_table")
-            for src, dst in pairs.items():
-                out[b + dst + ".weight"] = take(sd, h + src + ".weight")
-                out[b + dst + ".bias"] = take(sd, h + src + ".bias")
+            out.update(hf_encoder_layer(sd, h, h + "attention.self.", b, cfg.qkv_bias))
+            out[b + "attn.relative_position_bias_table"] = take(sd, h + "attention.self.relative_position_bias_table")
         if i + 1 < cfg.num_stages:  # merging at the end of stage i -> start of stage i + 1
             d = f"{p}encoder.layers.{i}.downsample."
             out[f"layers.{i + 1}.downsample.norm.weight"] = take(sd, d + "norm.weight")

@@ -2,7 +2,7 @@
 
 import torch
 
-from vitkit.convert.common import class_names_from_hf, take
+from vitkit.convert.common import class_names_from_hf, hf_encoder_layer, take
 from vitkit.errors import CheckpointError, VitkitError
 from vitkit.models.vit import ViTConfig
 from vitkit.registry import get_entry, replace_config
@@ -42,21 +42,8 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str,
         "norm.bias": take(sd, p + "layernorm.bias"),
     }
     for i in range(cfg.depth):
-        h, b = f"{p}encoder.layer.{i}.", f"blocks.{i}."
-        att = h + "attention.attention."
-        out[b + "attn.qkv.weight"] = torch.cat([take(sd, att + f"{n}.weight") for n in ("query", "key", "value")])
-        if cfg.qkv_bias:
-            out[b + "attn.qkv.bias"] = torch.cat([take(sd, att + f"{n}.bias") for n in ("query", "key", "value")])
-        pairs = {
-            "attention.output.dense": "attn.proj",
-            "intermediate.dense": "mlp.fc1",
-            "output.dense": "mlp.fc2",
-            "layernorm_before": "norm1",
-            "layernorm_after": "norm2",
-        }
-        for src, dst in pairs.items():
-            out[b + dst + ".weight"] = take(sd, h + src + ".weight")
-            out[b + dst + ".bias"] = take(sd, h + src + ".bias")
+        h = f"{p}encoder.layer.{i}."
+        out.update(hf_encoder_layer(sd, h, h + "attention.attention.", f"blocks.{i}.", cfg.qkv_bias))
     if "classifier.weight" in sd:
         out["head.weight"] = sd.pop("classifier.weight")
         out["head.bias"] = sd.pop("classifier.bias")
