@@ -17,7 +17,7 @@ from vitkit.tools import bench
 
 GROUPS = {  # first match wins
     "attention": ("scaled_dot_product", "softmax", "bmm", "baddbmm"),
-    "matmul (linear)": ("addmm", "aten::mm", "aten::matmul", "aten::linear"),
+    "matmul (linear)": ("addmm", "aten::mm", "aten::matmul", "aten::linear", "linear_pointwise"),
     "convolution": ("convolution", "conv2d", "mkldnn_convolution", "_convolution", "conv_depthwise"),
     "norm": ("layer_norm", "batch_norm", "native_layer_norm", "native_batch_norm"),
     "activation": ("gelu",),

@@ -279,35 +279,6 @@ def test_wrong_channel_count_is_a_clear_error():
         model(torch.randn(1, 1, 32, 32))
 
 
-def test_fused_inference_path_equals_the_plain_one(monkeypatch):
-    model = tiny("swin_tiny_patch2_window4_32", depths=(2, 2, 1), num_classes=5).eval()
-    x = torch.randn(2, 3, 30, 38)  # padding in both directions and at merging
-    with torch.no_grad():
-        assert swin.can_fuse(x, model) == swin._HAS_FUSED_LINEAR
-        fused = model(x)
-        monkeypatch.setattr(swin, "FUSED_CPU_INFERENCE", False)
-        assert not swin.can_fuse(x, model)
-        plain = model(x)
-    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr(swin, "FUSED_CPU_INFERENCE", True)
-    assert not swin.can_fuse(x, model)  # autograd on: never fused
-    assert not swin.can_fuse(x, model.train())
-
-
-def test_linear_helper_falls_back_for_other_modules():
-    x = torch.randn(2, 5, 8)
-    layer = torch.nn.Linear(8, 8).eval()
-    res = torch.randn(2, 5, 8)
-    with torch.no_grad():
-        for gelu, residual in ((False, None), (True, None), (False, res), (True, res)):
-            ref = layer(x)
-            ref = F.gelu(ref) if gelu else ref
-            ref = ref if residual is None else residual + ref
-            torch.testing.assert_close(swin.linear(x, layer, gelu=gelu, residual=residual), ref)
-        seq = torch.nn.Sequential(layer).eval()  # not an nn.Linear: called as a module
-        torch.testing.assert_close(swin.linear(x, seq, residual=res), res + layer(x))
-
-
 def test_model_built_under_inference_mode_runs():
     with torch.inference_mode():
         model = tiny("swin_tiny_patch2_window4_32", depths=(2, 1, 1)).eval()

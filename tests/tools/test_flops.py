@@ -84,15 +84,16 @@ def test_model_stats_for_the_model_listing():
     assert s["gmacs"] == count_flops(vitkit.create_model("cvt_nano_28"))["gmacs"] > 0
 
 
-def test_fused_cpu_linear_counts_like_the_plain_one(monkeypatch):
+@pytest.mark.parametrize("family", ["vit", "swin", "cvt"])
+def test_fused_cpu_linear_counts_like_the_plain_one(monkeypatch, family):
     from tests.tools.conftest import TINY
-    from vitkit.models import swin
+    from vitkit.layers import fused
 
-    name, overrides, size, _ = TINY["swin"]
+    name, overrides, size, _ = TINY[family]
     model = vitkit.create_model(name, img_size=size, **overrides)
-    fused = count_flops(model)
-    monkeypatch.setattr(swin, "FUSED_CPU_INFERENCE", False)
+    with_fusion = count_flops(model)
+    monkeypatch.setattr(fused, "FUSED_CPU_INFERENCE", False)
     plain = count_flops(model)
-    assert fused["flops"] == plain["flops"] > 0
-    if swin._HAS_FUSED_LINEAR:
-        assert any("linear_pointwise" in op for op in fused["by_op"])
+    assert with_fusion["flops"] == plain["flops"] > 0
+    if fused.HAS_FUSED_LINEAR:
+        assert any("linear_pointwise" in op for op in with_fusion["by_op"])

@@ -2,6 +2,7 @@
 
 from vitkit.layers.attention import AttentionMap, RecordsAttention, attention, get_attention_maps
 from vitkit.layers.drop_path import DropPath, drop_path
+from vitkit.layers.fused import can_fuse, linear
 from vitkit.layers.mlp import Mlp
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "Mlp",
     "RecordsAttention",
     "attention",
+    "can_fuse",
     "drop_path",
     "get_attention_maps",
+    "linear",
 ]

@@ -24,7 +24,8 @@ never drop: with one global rate the early stages drop very little anyway).
 
 Speed: attention runs through SDPA; in eval mode each projection's BatchNorm is folded into its
 depthwise conv (cached, refreshed when any of the tensors involved changes); token maps are kept
-channels-last so (B, N, C) tokens become (B, C, H, W) maps and back without copies.
+channels-last so (B, N, C) tokens become (B, C, H, W) maps and back without copies. In eval mode
+without autograd on CPU, GELU and the residual adds are fused into oneDNN matmuls (``vitkit.layers.fused``).
 """
 
 import contextlib
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitkit.layers import DropPath, Mlp, RecordsAttention, attention
+from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, can_fuse, linear
 from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel
 from vitkit.registry import register_family, register_model
@@ -236,7 +237,8 @@ class Attention(nn.Module, RecordsAttention):
         B, C, h, w = t.shape
         return t.permute(0, 2, 3, 1).reshape(B, h * w, C)  # (B, h*w, C); a view when channels-last
 
-    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, H: int, W: int, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, [1+]H*W, C) after norm1. ``residual`` (fused path only) is added inside the output projection."""
         B, N, C = x.shape
         if self.with_cls_token:
             # one copy: a sliced map is not channels-last, and each conv would copy (slowly) on its own
@@ -249,9 +251,9 @@ class Attention(nn.Module, RecordsAttention):
         if self.with_cls_token:
             q, k, v = (torch.cat([cls, z], dim=1) for z in (q, k, v))
         d = C // self.num_heads
-        q = self.proj_q(q).view(B, N, self.num_heads, d).transpose(1, 2)  # (B, heads, N, d)
-        k = self.proj_k(k).view(B, k.shape[1], self.num_heads, d).transpose(1, 2)  # (B, heads, Nk, d)
-        v = self.proj_v(v).view(B, v.shape[1], self.num_heads, d).transpose(1, 2)
+        q = linear(q, self.proj_q).view(B, N, self.num_heads, d).transpose(1, 2)  # (B, heads, N, d)
+        k = linear(k, self.proj_k).view(B, k.shape[1], self.num_heads, d).transpose(1, 2)  # (B, heads, Nk, d)
+        v = linear(v, self.proj_v).view(B, v.shape[1], self.num_heads, d).transpose(1, 2)
         dropout_p = self.attn_drop if self.training else 0.0
         x, weights = attention(q, k, v, scale=self.scale, dropout_p=dropout_p, need_weights=self.record_attention)
         if weights is not None:
@@ -266,6 +268,8 @@ class Attention(nn.Module, RecordsAttention):
                 num_prefix_tokens=int(self.with_cls_token),
             )
         x = x.transpose(1, 2).reshape(B, N, C)
+        if residual is not None:
+            return linear(x, self.proj, residual=residual)
         return self.proj_drop(self.proj(x))
 
 
@@ -284,6 +288,9 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        if can_fuse(x, self):  # eval, no autograd: drop paths are identities, residual adds go into the matmuls
+            x = self.attn(self.norm1(x), H, W, residual=x)
+            return self.mlp(self.norm2(x), residual=x)
         x = x + self.drop_path1(self.attn(self.norm1(x), H, W))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x

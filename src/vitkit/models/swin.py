@@ -19,7 +19,7 @@ Speed: window partition and reverse are one view/permute copy each (the head spl
 mask, the table index and the cyclic-shift index are built once per (resolution, window, shift, dtype, device)
 and cached; one SDPA call per block covers every window of every image, with the bias + mask broadcast over
 the batch rather than copied. In eval mode without autograd on CPU, bias, GELU and residual adds are fused
-into oneDNN matmuls (``FUSED_CPU_INFERENCE``).
+into oneDNN matmuls (``vitkit.layers.fused``).
 """
 
 import functools
@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitkit.layers import DropPath, Mlp, RecordsAttention, attention
+from vitkit.layers.fused import can_fuse, linear
 from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel, to_2tuple
 from vitkit.registry import register_family, register_model
@@ -173,42 +174,6 @@ def window_and_shift(height: int, width: int, window_size: int, shift_size: int)
     return window_size, shift_size
 
 
-# --- inference fast path ---------------------------------------------------------------------------
-# oneDNN's linear fuses the bias, GELU or a residual add into the matmul, which saves one or two passes over
-# the output (on CPU these passes cost as much as a third of Swin's time). Used only where nothing can differ:
-# eval mode, autograd off, CPU float32 and not while tracing / compiling / exporting; elsewhere the plain ops
-# run. Results agree with the plain path within float32 rounding (~1e-6). Set False to compare.
-FUSED_CPU_INFERENCE = True
-_HAS_FUSED_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
-_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-
-
-def can_fuse(x: torch.Tensor, module: nn.Module) -> bool:
-    return (
-        FUSED_CPU_INFERENCE
-        and _HAS_FUSED_LINEAR
-        and not module.training
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not (torch.jit.is_tracing() or _is_compiling() or _is_exporting())
-    )
-
-
-def linear(x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torch.Tensor | None = None):
-    """``residual + gelu?(layer(x))``, as one oneDNN op when :func:`can_fuse` allows it."""
-    if type(layer) is nn.Linear and layer.weight.dtype == x.dtype and can_fuse(x, layer):
-        w, b = layer.weight, layer.bias
-        if residual is None:
-            return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu" if gelu else "none", [], "none")
-        if not gelu:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
-    y = layer(x)  # also any replacement of nn.Linear (e.g. a dynamically quantised one)
-    y = F.gelu(y) if gelu else y
-    return y if residual is None else residual + y
-
-
 # --- modules ---------------------------------------------------------------------------------------
 class PatchEmbed(nn.Module):
     """Patch partition + linear embedding: one strided conv, then LayerNorm, channels last."""
@@ -275,7 +240,7 @@ class WindowAttention(nn.Module, RecordsAttention):
         key = (hp, wp, window, shift, table.dtype, table.device)
         stamp = (-1 if table.is_inference() else table._version, table.data_ptr())  # inference tensors: no counter
         # cached tensors never enter an autograd graph, nor a graph being compiled
-        needs_grad = torch.is_grad_enabled() or _is_compiling()
+        needs_grad = torch.is_grad_enabled() or torch.compiler.is_compiling()
         if not needs_grad:
             hit = self._bias_cache.get(key)
             if hit is not None and hit[0] == stamp:
@@ -364,7 +329,7 @@ class SwinBlock(nn.Module):
         window, shift = window_and_shift(x.shape[1], x.shape[2], self.window_size, self.shift_size)
         if can_fuse(x, self):  # eval, no autograd: drop paths are identities, residual adds go into the matmuls
             x = self.attn(self.norm1(x), window, shift, residual=x)
-            return linear(linear(self.norm2(x), self.mlp.fc1, gelu=True), self.mlp.fc2, residual=x)
+            return self.mlp(self.norm2(x), residual=x)
         x = x + self.drop_path1(self.attn(self.norm1(x), window, shift))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x
