@@ -26,9 +26,9 @@ TARGETS = {  # inference speed ratio vs the fastest peer the issue asks for (fp3
 
 def summary(results: list[dict]) -> str:
     lines = [
-        "| model | task | dtype | vitkit img/s | fastest peer | peer img/s | speed ratio | target | met | "
-        "vitkit MiB | peer MiB | memory ratio |",
-        "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|",
+        "| model | task | dtype | vitkit img/s | fastest peer | peer img/s | speed ratio | per-round ratios | target "
+        "| met | vitkit MiB | peer MiB | memory ratio |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in results:
         model = r["settings"]["model"]
@@ -40,7 +40,8 @@ def summary(results: list[dict]) -> str:
             lines.append(
                 f"| {model} | {q['task']} (b{batch})"
                 f" | {q['dtype']} | {q['vitkit_img_per_s']:.2f} | {q['fastest_peer']} | {q['peer_img_per_s']:.2f} | "
-                f"{q['speed_ratio']:.3f}x | {target:.1f}x | {met} | {bench._fmt(q['vitkit_peak_mem_mb'], '.0f')} | "
+                f"{q['speed_ratio']:.3f}x | {bench.round_range(q)} | {target:.1f}x | {met} | "
+                f"{bench._fmt(q['vitkit_peak_mem_mb'], '.0f')} | "
                 f"{bench._fmt(q['lowest_peer_mem_mb'], '.0f')} | {bench._fmt(q['mem_ratio'], '.3f')} |"
             )
     loads = [(r["machine"]["load_avg_before"], r["machine"]["load_avg_after"]) for r in results]

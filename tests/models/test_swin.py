@@ -283,3 +283,13 @@ def test_model_built_under_inference_mode_runs():
     with torch.inference_mode():
         model = tiny("swin_tiny_patch2_window4_32", depths=(2, 1, 1)).eval()
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_inference_path_equals_the_autograd_path():
+    """No-grad CPU inference takes other kernels (oneDNN linears with GELU / residual fused)."""
+    model = tiny("swin_tiny_patch2_window4_32", depths=(2, 2, 1), num_classes=5).eval()
+    x = torch.randn(2, 3, 30, 38)  # padding in both directions and at merging
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x)  # autograd on: SDPA and plain linears
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)

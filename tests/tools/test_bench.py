@@ -46,8 +46,13 @@ def test_cli_run_writes_json_and_table(tmp_path, capsys):
     assert {(q["task"], q["dtype"]) for q in r["ratios"]} == {("infer", "fp32"), ("train", "fp32")}
     q = r["ratios"][0]
     assert q["speed_ratio"] == pytest.approx(q["vitkit_img_per_s"] / q["peer_img_per_s"], rel=1e-2)
+    ours, peer = ({x["name"]: x for x in r["results"] if x["task"] == q["task"]}[n] for n in ("vitkit", "transformers"))
+    rounds = [a / b for a, b in zip(ours["repeat_img_per_s"], peer["repeat_img_per_s"], strict=True)]
+    assert q["round_ratios"] == pytest.approx(rounds, abs=1e-3) and len(rounds) == 2
+    assert min(rounds) - 1e-3 <= q["round_ratio_median"] <= max(rounds) + 1e-3
     out = capsys.readouterr().out
-    assert "| vitkit | infer |" in out and "speed ratio" in out
+    assert "| vitkit | infer |" in out and "speed ratio" in out and "per-round ratios" in out
+    assert bench.round_range(q).startswith(f"{q['round_ratio_median']:.2f} (")
 
 
 def test_modes_run_and_agree_with_eager():

@@ -711,6 +711,8 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             best = max(peers, key=lambda r: r["img_per_s"])
             mem = [r["peak_mem_mb"] for r in peers if r["peak_mem_mb"] is not None]
+            # one ratio per alternation round (the two ran back to back): shows how much of the spread is the machine
+            rounds = [a / b for a, b in zip(ours["repeat_img_per_s"], best["repeat_img_per_s"], strict=False) if b > 0]
             rows.append(
                 {
                     "task": task,
@@ -719,6 +721,8 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "fastest_peer": best["name"],
                     "peer_img_per_s": best["img_per_s"],
                     "speed_ratio": round(ours["img_per_s"] / best["img_per_s"], 3),
+                    "round_ratios": [round(q, 3) for q in rounds],
+                    "round_ratio_median": round(statistics.median(rounds), 3) if rounds else None,
                     "vitkit_peak_mem_mb": ours["peak_mem_mb"],
                     "lowest_peer_mem_mb": min(mem) if mem else None,
                     "mem_ratio": round(ours["peak_mem_mb"] / min(mem), 3) if mem and ours["peak_mem_mb"] else None,
@@ -732,6 +736,14 @@ def _fmt(v: Any, spec: str = "") -> str:
     if v is None:
         return "-"
     return format(v, spec) if spec else str(v)
+
+
+def round_range(q: dict[str, Any]) -> str:
+    """'median (min-max)' of the per-round speed ratios of a ratio row ('-' for files without them)."""
+    rounds = q.get("round_ratios") or []
+    if not rounds:
+        return "-"
+    return f"{q['round_ratio_median']:.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -759,12 +771,17 @@ def format_table(result: dict[str, Any]) -> str:
             f"{100 * r['frac_of_matmul_peak']:.0f}% | {_fmt(r['peak_mem_mb'], '.0f')} | {r['first_call_s']:.2f} |"
         )
     if result["ratios"]:
-        lines += ["", "| task | dtype | vitkit img/s | fastest peer | peer img/s | speed ratio | memory ratio |"]
-        lines.append("|---|---|---:|---|---:|---:|---:|")
+        lines += [
+            "",
+            "| task | dtype | vitkit img/s | fastest peer | peer img/s | speed ratio | per-round ratios "
+            "| memory ratio |",
+        ]
+        lines.append("|---|---|---:|---|---:|---:|---:|---:|")
         for q in result["ratios"]:
             lines.append(
                 f"| {q['task']} | {q['dtype']} | {q['vitkit_img_per_s']:.2f} | {q['fastest_peer']} | "
-                f"{q['peer_img_per_s']:.2f} | {q['speed_ratio']:.3f}x | {_fmt(q['mem_ratio'], '.3f')} |"
+                f"{q['peer_img_per_s']:.2f} | {q['speed_ratio']:.3f}x | {round_range(q)} | "
+                f"{_fmt(q['mem_ratio'], '.3f')} |"
             )
     diffs = {r["name"]: r["max_abs_logit_diff_vs_first"] for r in result["results"]}
     if len(diffs) > 1:
