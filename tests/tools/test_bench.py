@@ -60,7 +60,7 @@ def test_modes_run_and_agree_with_eager():
         "vit_nano_patch4_28",
         batch_size=2,
         threads=1,
-        modes=("eager", "int8", "onnx"),
+        modes=("eager", "int8", "onnx", "packed"),
         dtypes=("fp32", "bf16"),
         tasks=("infer",),
         warmup=1,
@@ -69,8 +69,9 @@ def test_modes_run_and_agree_with_eager():
         memory=False,
     )
     got = {x["name"]: x for x in r["results"]}
-    assert set(got) == {"vitkit", "vitkit[bf16]", "vitkit[int8]", "vitkit[onnx]"}  # no int8/onnx in bf16
+    assert set(got) == {"vitkit", "vitkit[bf16]", "vitkit[int8]", "vitkit[onnx]", "vitkit[packed]"}  # fp32 only
     assert got["vitkit[onnx]"]["max_abs_logit_diff_vs_first"] < 1e-4
+    assert got["vitkit[packed]"]["max_abs_logit_diff_vs_first"] < 1e-5
     assert 0 < got["vitkit[bf16]"]["max_abs_logit_diff_vs_first"] < 0.5
     assert got["vitkit[onnx]"]["setup_s"] > 0 and got["vitkit"]["peak_mem_mb"] is None
     assert r["ratios"] == []  # no peers

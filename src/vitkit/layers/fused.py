@@ -32,6 +32,8 @@ def can_fuse(x: torch.Tensor, module: nn.Module) -> bool:
 
 def linear(x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torch.Tensor | None = None):
     """``residual + gelu?(layer(x))``, as one oneDNN op when :func:`can_fuse` allows it."""
+    if type(layer) is PackedLinear:
+        return packed_linear(x, layer, gelu, residual)
     if type(layer) is nn.Linear and layer.weight.dtype == x.dtype and can_fuse(x, layer):
         w, b = layer.weight, layer.bias
         if residual is None:
@@ -40,4 +42,37 @@ def linear(x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torc
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
     y = layer(x)  # also any replacement of nn.Linear (e.g. a dynamically quantised one)
     y = F.gelu(y) if gelu else y
+    return y if residual is None else residual + y
+
+
+class PackedLinear(nn.Module):
+    """An inference-only ``nn.Linear`` whose weight is kept in oneDNN's blocked layout.
+
+    Plain weights are reordered into that layout inside every matmul call; packing once saves the reorder.
+    Built by :func:`vitkit.tools.pack.pack_linear_weights`; CPU float32 only, no autograd.
+    """
+
+    def __init__(self, layer: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        with torch.no_grad():
+            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach().float())
+            self.bias = None if layer.bias is None else layer.bias.detach().float().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return packed_linear(x, self)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
+
+
+def packed_linear(x: torch.Tensor, layer: PackedLinear, gelu: bool = False, residual: torch.Tensor | None = None):
+    if x.device.type != "cpu" or x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
+        raise RuntimeError(
+            "a model with packed Linear weights runs CPU float32 inference only "
+            f"(got {x.dtype} on {x.device}{', requiring grad' if x.requires_grad else ''}); use the unpacked model"
+        )
+    if residual is not None and not gelu:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.packed_weight, layer.bias, "add")
+    y = torch.ops.mkldnn._linear_pointwise(x, layer.packed_weight, layer.bias, "gelu" if gelu else "none", [], "none")
     return y if residual is None else residual + y

@@ -46,7 +46,7 @@ from vitkit.utils.io import atomic_write_json, atomic_write_text
 
 SCHEMA = "vitkit.bench/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODES = ("eager", "compile", "onnx", "int8")
+MODES = ("eager", "compile", "onnx", "int8", "packed")
 TASKS = ("infer", "train")
 
 
@@ -269,7 +269,7 @@ def logits_of(out: Any) -> torch.Tensor:
 class Contender:
     name: str
     impl: str  # vitkit | transformers | timm
-    mode: str  # eager | compile | onnx | int8
+    mode: str  # eager | compile | onnx | int8 | packed
     dtype: str  # fp32 | bf16
     model: Any  # nn.Module, or an OnnxRunner
     trainable: bool = True
@@ -301,6 +301,10 @@ def make_mode(model: nn.Module, mode: str, *, threads: int | None, input_size) -
 
         q = quantize_dynamic_int8(model)
         return q, time.perf_counter() - t0
+    if mode == "packed":
+        from vitkit.tools.pack import pack_linear_weights
+
+        return pack_linear_weights(model), time.perf_counter() - t0
     raise VitkitError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
 
 
@@ -308,10 +312,10 @@ def contender_specs(modes: list[str], dtypes: list[str], compare: bool, device: 
     specs = []
     for mode in modes:
         for dtype in dtypes:
-            if mode in ("onnx", "int8") and dtype != "fp32":
+            if mode in ("onnx", "int8", "packed") and dtype != "fp32":
                 continue  # these modes are their own precision; autocast does not apply
-            if mode in ("onnx", "int8") and device.type != "cpu":
-                continue  # onnxruntime CPU provider and fbgemm int8 kernels are CPU-only here
+            if mode in ("onnx", "int8", "packed") and device.type != "cpu":
+                continue  # onnxruntime CPU provider, fbgemm int8 and oneDNN packed weights are CPU-only here
             specs.append({"impl": "vitkit", "mode": mode, "dtype": dtype})
     if compare:
         for dtype in dtypes:
@@ -841,7 +845,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, several_models: bool = Fal
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto")
     parser.add_argument("--dtype", type=_csv(tuple(DTYPES)), default=("fp32",), help="fp32,bf16 (autocast)")
-    parser.add_argument("--mode", type=_csv(MODES), default=("eager",), help="eager,compile,onnx,int8")
+    parser.add_argument("--mode", type=_csv(MODES), default=("eager",), help="eager,compile,onnx,int8,packed")
     parser.add_argument("--task", type=_csv(TASKS), default=TASKS, help="infer,train")
     parser.add_argument("--compare", action="store_true", help="also transformers (and timm) with the same weights")
     parser.add_argument("--warmup", type=int, default=2)
