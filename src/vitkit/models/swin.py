@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitkit.layers import DropPath, Mlp, RecordsAttention, attention
-from vitkit.layers.fused import can_fuse, linear
+from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, can_fuse, linear
 from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel, to_2tuple
 from vitkit.registry import register_family, register_model
