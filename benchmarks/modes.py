@@ -2,10 +2,10 @@
 
 A small ViT is trained for a few epochs on a few thousand Fashion-MNIST images with a minimal loop (the real
 training engine lives elsewhere; this only needs a model whose predictions mean something), then the full
-10k test set is evaluated in every mode: fp32 eager (the reference), bf16 autocast, torch.compile, ONNX Runtime
-and dynamic int8. Per mode: accuracy, its delta to fp32, how many predictions change, the largest logit
-difference, evaluation images/s (median of repeats, modes alternating) and setup time (export / quantise /
-compile).
+10k test set is evaluated in every mode: fp32 eager (the reference), bf16 autocast, torch.compile, ONNX Runtime,
+dynamic int8 and pre-packed weights. Per mode: accuracy, its delta to fp32, how many predictions change, the
+largest logit difference, evaluation images/s (median of repeats, modes alternating) and setup time (export /
+quantise / compile).
 
     python benchmarks/modes.py --threads 2 --out benchmarks/results
 
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed passes per mode")
     p.add_argument("--timing-images", type=int, default=2000, help="test images per timed pass")
-    p.add_argument("--modes", type=bench._csv(("fp32", "bf16", "compile", "onnx", "int8")),
-                   default=("fp32", "bf16", "compile", "onnx", "int8"))  # fmt: skip
+    p.add_argument("--modes", type=bench._csv(("fp32", "bf16", "compile", "onnx", "int8", "packed")),
+                   default=("fp32", "bf16", "compile", "onnx", "int8", "packed"))  # fmt: skip
     p.add_argument("--out", default=None, help="directory for modes_fashion_mnist_<device>_<date>.json/.md")
     args = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile": ("compile", "fp32"),
         "onnx": ("onnx", "fp32"),
         "int8": ("int8", "fp32"),
+        "packed": ("packed", "fp32"),
     }
     contenders = {}
     for key in args.modes:

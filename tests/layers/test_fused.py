@@ -27,6 +27,9 @@ def test_fused_inference_path_equals_the_plain_one(monkeypatch, family):
     with torch.no_grad():
         assert not fused.can_fuse(x, model.train())  # training: dropout / drop path must run
         assert not fused.can_fuse(x.double(), model.eval())
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 autocast must reach the matmuls
+            assert not fused.can_fuse(x, model)
+            assert model(x).dtype == torch.bfloat16
 
 
 def test_linear_helper_equals_the_plain_ops_and_falls_back_for_other_modules():

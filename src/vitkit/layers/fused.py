@@ -2,8 +2,8 @@
 
 On CPU the passes over a block's output (bias, GELU, residual add) cost a noticeable share of the time next
 to the matmuls; ``torch.ops.mkldnn._linear_pointwise`` does them in the matmul's epilogue. Used only where
-nothing but rounding can differ: eval mode, autograd off, CPU float32, and not while tracing, compiling or
-exporting (those see the plain ops). Results agree with the plain path within float32 rounding (~1e-6).
+nothing but rounding can differ: eval mode, autograd off, CPU float32 without autocast, and not while tracing,
+compiling or exporting (those see the plain ops). Results agree with the plain path within float32 rounding (~1e-6).
 Set ``vitkit.layers.fused.FUSED_CPU_INFERENCE = False`` to compare or to rule it out.
 """
 
@@ -26,8 +26,16 @@ def can_fuse(x: torch.Tensor, module: nn.Module) -> bool:
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
+        and not _autocast_on()  # the oneDNN op is not on autocast's list: it would run bf16 work in fp32
         and not (torch.jit.is_tracing() or _is_compiling() or _is_exporting())
     )
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def linear(x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torch.Tensor | None = None):
