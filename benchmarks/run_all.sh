@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recorded runs in benchmarks/results/, in the order they were made (about 15 minutes on 2 cores).
+# The recorded runs in benchmarks/results/ (about 30 minutes on an idle 2-core machine).
 # Run from the repository root with the project's virtual environment active.
 set -euo pipefail
 export PYTHONPATH=src
@@ -18,8 +18,8 @@ python benchmarks/speed.py --compare --mode eager,packed --threads 2 --batch-siz
     --warmup 2 --iters 2 --repeats 8 --out "$OUT/packed"
 python benchmarks/pool.py "$OUT"/*_t2_b8_*.json "$OUT"/reruns/*/*.json "$OUT"/packed/*.json
 uptime
-# 2. scaling with image size, 224 -> 1024 px (recorded with --threads 1 while the machine was shared)
-python benchmarks/scaling.py --threads 1 --budget 540 --max-seconds 40 --out "$OUT"
+# 2. scaling with image size, 224 -> 1024 px
+python benchmarks/scaling.py --threads 2 --budget 540 --max-seconds 40 --out "$OUT"
 uptime
 # 3. faster modes on ViT-B/16: bf16 autocast, torch.compile, ONNX Runtime, dynamic int8, pre-packed weights
 python benchmarks/speed.py --models vit_base_patch16_224 --mode eager,compile,onnx,int8,packed --dtype fp32,bf16 \
