@@ -8,60 +8,38 @@ timm's and transformers' padding conventions agree (vitkit follows transformers)
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import vitkit
+from tests.convert.timm_fixtures import FIXTURES, assert_matches_timm, cases, io_keys_expected, io_of, load_models, meta
 from vitkit.errors import CheckpointError
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "timm"
 SWIN_FIXTURES = ["swin_2stage", "swin_3stage_clamp", "swin_3stage"]
-
-
-def _meta(name):
-    return json.loads((FIXTURES / name / "meta.json").read_text())
-
-
-def _cases():
-    for name in SWIN_FIXTURES:
-        for entry in _meta(name)["sizes"]:
-            yield pytest.param(name, tuple(entry["size"]), id=f"{name}-{entry['size'][0]}x{entry['size'][1]}")
 
 
 @pytest.fixture(scope="module")
 def loaded():
-    return {name: vitkit.from_pretrained(FIXTURES / name) for name in SWIN_FIXTURES}
+    return load_models(SWIN_FIXTURES)
 
 
 @pytest.fixture(scope="module")
 def io():
-    return {name: load_file(str(FIXTURES / name / "io.safetensors")) for name in SWIN_FIXTURES}
+    return {name: io_of(name) for name in SWIN_FIXTURES}
 
 
 def test_every_fixture_and_size_is_tested():
-    cases = list(_cases())
-    assert len(cases) == 6
+    """The parametrisation reads meta.json; make sure it found what the README promises."""
+    assert len(list(cases(SWIN_FIXTURES))) == 6
     for name in SWIN_FIXTURES:
-        keys = load_file(str(FIXTURES / name / "io.safetensors")).keys()
-        sizes = [f"{e['size'][0]}x{e['size'][1]}" for e in _meta(name)["sizes"]]
-        assert sorted(keys) == sorted(f"{p}_{s}" for s in sizes for p in ("input", "logits", "pre_logits"))
+        assert sorted(io_of(name).keys()) == io_keys_expected(name)
 
 
-@pytest.mark.parametrize(("name", "size"), list(_cases()))
+@pytest.mark.parametrize(("name", "size"), list(cases(SWIN_FIXTURES)))
 def test_logits_match_timm(loaded, io, name, size):
-    model = loaded[name]
-    key = f"{size[0]}x{size[1]}"
-    x = io[name][f"input_{key}"]
-    assert x.shape[-2:] == size
-    with torch.no_grad():
-        feats = model.forward_features(x)
-        pre = model.forward_head(feats, pre_logits=True)
-        out = model.forward_head(feats)
-    torch.testing.assert_close(pre, io[name][f"pre_logits_{key}"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out, io[name][f"logits_{key}"], atol=1e-5, rtol=1e-5)
+    assert_matches_timm(loaded[name], io[name], size)
 
 
 @pytest.mark.parametrize("name", SWIN_FIXTURES)
@@ -69,7 +47,7 @@ def test_windows_and_shifts_match_timm(loaded, name):
     """The window / shift each block used, as timm recorded it, equals vitkit's choice at that size."""
     model = loaded[name]
     cfg = model.config
-    for entry in _meta(name)["sizes"]:
+    for entry in meta(name)["sizes"]:
         h, w = (-(-s // cfg.patch_size) for s in entry["size"])
         for i, stage in enumerate(entry["stages"]):
             if i:
@@ -98,7 +76,7 @@ def test_config_from_timm(loaded):
     )
     assert loaded["swin_3stage"].model_name == "swin_tiny_patch4_window7_224"
     for name in SWIN_FIXTURES:
-        assert loaded[name].num_params() >= _meta(name)["num_params"]  # clamped tables are embedded in full ones
+        assert loaded[name].num_params() >= meta(name)["num_params"]  # clamped tables are embedded in full ones
 
 
 def test_clamped_table_is_embedded_in_the_centre(loaded):

@@ -7,60 +7,38 @@ tools/make_timm_fixtures.py; see tests/fixtures/timm/README.md.
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import vitkit
+from tests.convert.timm_fixtures import FIXTURES, assert_matches_timm, cases, io_keys_expected, io_of, load_models
 from vitkit.errors import CheckpointError
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "timm"
 VIT_FIXTURES = ["vit_token", "vit_avg", "vit_avg_noclass", "vit_noqkvbias_mlp2"]
-
-
-def _cases():
-    for name in VIT_FIXTURES:
-        meta = json.loads((FIXTURES / name / "meta.json").read_text())
-        for entry in meta["sizes"]:
-            yield pytest.param(name, tuple(entry["size"]), id=f"{name}-{entry['size'][0]}x{entry['size'][1]}")
 
 
 @pytest.fixture(scope="module")
 def loaded():
-    return {name: vitkit.from_pretrained(FIXTURES / name) for name in VIT_FIXTURES}
+    return load_models(VIT_FIXTURES)
 
 
 @pytest.fixture(scope="module")
 def io():
-    return {name: load_file(str(FIXTURES / name / "io.safetensors")) for name in VIT_FIXTURES}
+    return {name: io_of(name) for name in VIT_FIXTURES}
 
 
 def test_every_fixture_and_size_is_tested():
     """The parametrisation reads meta.json; make sure it found what the README promises."""
-    cases = list(_cases())
-    assert len(cases) == 10
+    assert len(list(cases(VIT_FIXTURES))) == 10
     for name in VIT_FIXTURES:
-        keys = load_file(str(FIXTURES / name / "io.safetensors")).keys()
-        sizes = [
-            f"{e['size'][0]}x{e['size'][1]}" for e in json.loads((FIXTURES / name / "meta.json").read_text())["sizes"]
-        ]
-        assert sorted(keys) == sorted(f"{p}_{s}" for s in sizes for p in ("input", "logits", "pre_logits"))
+        assert sorted(io_of(name).keys()) == io_keys_expected(name)
 
 
-@pytest.mark.parametrize(("name", "size"), list(_cases()))
+@pytest.mark.parametrize(("name", "size"), list(cases(VIT_FIXTURES)))
 def test_logits_match_timm(loaded, io, name, size):
-    model = loaded[name]
-    key = f"{size[0]}x{size[1]}"
-    x = io[name][f"input_{key}"]
-    assert x.shape[-2:] == size
-    with torch.no_grad():
-        feats = model.forward_features(x)
-        pre = model.forward_head(feats, pre_logits=True)
-        out = model.forward_head(feats)
-    torch.testing.assert_close(pre, io[name][f"pre_logits_{key}"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out, io[name][f"logits_{key}"], atol=1e-5, rtol=1e-5)
+    assert_matches_timm(loaded[name], io[name], size)
 
 
 def test_config_from_timm_model_args(loaded):
