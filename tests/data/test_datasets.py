@@ -49,21 +49,24 @@ def test_missing_idx_files_say_where_to_put_them(tmp_path):
     assert str(tmp_path) in str(e.value) and "train-images-idx3-ubyte.gz" in str(e.value)
 
 
+class FakeResponse:
+    """What urllib.request.urlopen returns, serving fixed bytes (no network in tests)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self) -> bytes:
+        return self.data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
 def test_download_verifies_checksums_and_reports_offline(tmp_path, monkeypatch):
-    class Resp:
-        def __init__(self, data):
-            self.data = data
-
-        def read(self):
-            return self.data
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-    monkeypatch.setattr(dsmod.urllib.request, "urlopen", lambda url, timeout: Resp(b"not the real file"))
+    monkeypatch.setattr(dsmod.urllib.request, "urlopen", lambda url, timeout: FakeResponse(b"not the real file"))
     with pytest.raises(VitkitError, match="checksum mismatch"):
         build_dataset(f"mnist:{tmp_path}", "train", download=True)
     assert not list(tmp_path.iterdir())  # nothing half-written
@@ -203,19 +206,8 @@ def test_download_writes_verified_files_then_loads(tmp_path, monkeypatch):
     sums = {name: hashlib.md5(b).hexdigest() for name, b in blobs.items()}
     monkeypatch.setitem(dsmod.IDX_SOURCES, "mnist", ("https://example.invalid/", sums))
 
-    class Resp:
-        def __init__(self, url):
-            self.data = blobs[url.rsplit("/", 1)[1]]
-
-        def read(self):
-            return self.data
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-    monkeypatch.setattr(dsmod.urllib.request, "urlopen", lambda url, timeout: Resp(url))
+    monkeypatch.setattr(
+        dsmod.urllib.request, "urlopen", lambda url, timeout: FakeResponse(blobs[url.rsplit("/", 1)[1]])
+    )
     ds = build_dataset(f"mnist:{tmp_path / 'dl'}", "train", download=True)
     assert len(ds) == 6 and sorted(p.name for p in (tmp_path / "dl").iterdir()) == sorted(blobs)
