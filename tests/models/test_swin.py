@@ -293,3 +293,48 @@ def test_inference_path_equals_the_autograd_path():
         fast = model(x)
     slow = model(x)  # autograd on: SDPA and plain linears
     torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (30, 38)])
+def test_micro_batches_give_the_same_logits(monkeypatch, size):
+    """CPU inference may run a stage over slices of the batch (small temporaries); nothing else changes."""
+    model = tiny("swin_tiny_patch2_window4_32", depths=(2, 2, 1), num_classes=5).eval()
+    x = torch.randn(5, 3, *size)
+    with torch.no_grad():
+        monkeypatch.setattr(swin, "MICRO_BATCH_BYTES", 0)
+        whole = model(x)
+        assert [stage.num_micro_batches(torch.zeros(5, 16, 16, 8)) for stage in model.layers] == [1, 1, 1]
+        monkeypatch.setattr(swin, "MICRO_BATCH_BYTES", 1)  # every stage: one image at a time
+        hook = model.layers[0].blocks[0].register_forward_hook(lambda m, i, o: None)
+        assert model.layers[0].num_micro_batches(x.new_zeros(5, 16, 16, 8)) == 1  # a hook watches: whole batch
+        hook.remove()
+        sliced = model(x)
+        assert [stage.num_micro_batches(torch.zeros(5, 16, 16, 8)) for stage in model.layers] == [5, 5, 5]
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_micro_batches_only_in_cpu_inference(monkeypatch):
+    monkeypatch.setattr(swin, "MICRO_BATCH_BYTES", 1)
+    model = tiny("swin_tiny_patch2_window4_32", depths=(1, 1, 1)).eval()
+    stage, x = model.layers[0], torch.zeros(4, 16, 16, 8)
+    assert stage.num_micro_batches(x) == 1  # autograd on: training keeps the batch whole
+    with torch.no_grad():
+        assert stage.num_micro_batches(x) == 4
+        assert stage.num_micro_batches(x[:1]) == 1
+        model.layers[0].blocks[0].attn.record_attention = True  # attention maps are for the whole batch
+        assert stage.num_micro_batches(x) == 1
+        model.layers[0].blocks[0].attn.record_attention = False
+        maps = model.get_attention_maps(torch.randn(3, 3, 32, 32))
+    assert maps[0].weights.shape[0] == 3
+
+
+def test_micro_batch_count_follows_the_widest_temporary(monkeypatch):
+    """Swin-T's first stage at batch 8: MLP hidden 8 x 56 x 56 x 384 floats = 38.5 MB -> 4 slices at 12 MiB."""
+    model = vitkit.create_model("swin_tiny_patch4_window7_224").eval()
+    monkeypatch.setattr(swin, "MICRO_BATCH_BYTES", 12 * 2**20)
+    with torch.no_grad():
+        counts = [
+            stage.num_micro_batches(torch.zeros(8, 56 // 2 ** max(i - 1, 0), 56 // 2 ** max(i - 1, 0), 1))
+            for i, stage in enumerate(model.layers)
+        ]
+    assert counts == [4, 2, 1, 1]

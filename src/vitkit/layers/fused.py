@@ -27,8 +27,13 @@ def can_fuse(x: torch.Tensor, module: nn.Module) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not _autocast_on()  # the oneDNN op is not on autocast's list: it would run bf16 work in fp32
-        and not (torch.jit.is_tracing() or _is_compiling() or _is_exporting())
+        and not is_tracing()
     )
+
+
+def is_tracing() -> bool:
+    """True while ``torch.jit`` traces, ``torch.compile`` compiles or ``torch.export`` exports."""
+    return torch.jit.is_tracing() or _is_compiling() or _is_exporting()
 
 
 def _autocast_on() -> bool:

@@ -19,7 +19,8 @@ Speed: window partition and reverse are one view/permute copy each (the head spl
 mask, the table index and the cyclic-shift index are built once per (resolution, window, shift, dtype, device)
 and cached; one SDPA call per block covers every window of every image, with the bias + mask broadcast over
 the batch rather than copied. In eval mode without autograd on CPU, bias, GELU and residual adds are fused
-into oneDNN matmuls (``vitkit.layers.fused``).
+into oneDNN matmuls (``vitkit.layers.fused``), and a stage with large activations runs over slices of the
+batch so that no temporary is big enough to be page-faulted in afresh on every call (``MICRO_BATCH_BYTES``).
 """
 
 import functools
@@ -32,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, can_fuse, linear
+from vitkit.layers.fused import is_tracing
 from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel, to_2tuple
 from vitkit.registry import register_family, register_model
@@ -171,6 +173,15 @@ def window_and_shift(height: int, width: int, window_size: int, shift_size: int)
     if min(height, width) <= window_size:
         return min(height, width), 0
     return window_size, shift_size
+
+
+# --- micro-batches for CPU inference ----------------------------------------------------------------
+# glibc serves an allocation above its mmap threshold (at most 32 MiB) with fresh pages and returns them to
+# the OS on free, so a block whose temporaries are that large pays a page fault per 4 KiB on every call:
+# Swin-T's first stage at batch 8 (its MLP hidden is 38.5 MB) spent ~35k faults, ~30 ms, per forward.
+# A stage whose widest temporary would exceed this many bytes runs over slices of the batch instead; every
+# image is independent in Swin, so the result is the same. 0 turns it off.
+MICRO_BATCH_BYTES = 12 * 2**20
 
 
 # --- modules ---------------------------------------------------------------------------------------
@@ -348,8 +359,16 @@ class SwinStage(nn.Module):
         for j, blk in enumerate(self.blocks):
             blk.attn.stage_idx, blk.attn.block_idx = idx, j
         self.grad_checkpointing = False
+        self.downsample_tokens = idx > 0
+        self.widest_channels = int(dim * max(3.0, cfg.mlp_ratio))  # qkv has 3 * dim, the MLP hidden mlp_ratio * dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C_in) -> (B, H', W', dim)
+        n = self.num_micro_batches(x)
+        if n > 1:  # every image is independent here: same result, small temporaries (see MICRO_BATCH_BYTES)
+            return torch.cat([self._forward(part) for part in x.tensor_split(n)])
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
@@ -357,6 +376,25 @@ class SwinStage(nn.Module):
             else:
                 x = blk(x)
         return x
+
+    def num_micro_batches(self, x: torch.Tensor) -> int:
+        """1, or how many slices of the batch keep each block's widest temporary under MICRO_BATCH_BYTES.
+
+        Only for CPU inference (no autograd, not tracing / compiling / exporting) and never while attention
+        maps are recorded or hooks watch the blocks: they would see slices of the batch.
+        """
+        B, H, W, _ = x.shape
+        if MICRO_BATCH_BYTES <= 0 or B == 1 or x.device.type != "cpu" or torch.is_grad_enabled() or is_tracing():
+            return 1
+        if self.downsample_tokens:
+            H, W = (H + 1) // 2, (W + 1) // 2
+        widest = B * H * W * self.widest_channels * x.element_size()  # bytes of the MLP hidden (or qkv) tensor
+        n = min(B, math.ceil(widest / MICRO_BATCH_BYTES))
+        if n > 1 and any(
+            m._forward_hooks or m._forward_pre_hooks or getattr(m, "record_attention", False) for m in self.modules()
+        ):
+            return 1
+        return n
 
 
 class SwinTransformer(VisionModel):
