@@ -39,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, can_fuse, linear
 from vitkit.layers.init import init_linear_and_norms_
+from vitkit.layers.micro_batch import num_micro_batches
 from vitkit.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel
 from vitkit.registry import register_family, register_model
 
@@ -308,6 +309,34 @@ class Stage(nn.Module):
         self.pos_drop = nn.Dropout(cfg.drop_rate)  # the official name; CvT has no position embedding
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.cls_token[i] else None
         self.blocks = nn.ModuleList(Block(dim, i, j, cfg, cfg.cls_token[i], dp) for j, dp in enumerate(drop_path))
+        self.grad_checkpointing = False
+        self.widest_channels = int(dim * max(1.0, cfg.mlp_ratio[i]))  # the MLP hidden (q, k, v are dim wide)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """(B, C, H, W) image or map -> tokens (B, [1+]H'*W', D) and the grid (H', W')."""
+        conv = self.patch_embed.proj
+        H, W = (
+            (size + 2 * p - k) // s + 1
+            for size, p, k, s in zip(x.shape[-2:], conv.padding, conv.kernel_size, conv.stride, strict=True)
+        )
+        widest = x.shape[0] * (H * W + 1) * self.widest_channels * x.element_size()
+        n = num_micro_batches(self, x, widest)  # CPU inference (BatchNorm uses running statistics)
+        if n > 1:  # same result, small temporaries
+            return torch.cat([self._forward(part)[0] for part in x.tensor_split(n)]), H, W
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        B = x.shape[0]
+        x, H, W = self.patch_embed(x)  # (B, N, D)
+        x = self.pos_drop(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1+N, D)
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, H, W, use_reentrant=False, context_fn=_checkpoint_contexts)
+            else:
+                x = blk(x, H, W)
+        return x, H, W
 
 
 class CvT(VisionModel):
@@ -341,22 +370,18 @@ class CvT(VisionModel):
     def num_features(self) -> int:
         return self.config.embed_dim[-1]
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.grad_checkpointing = enabled
+        for stage in self.stages:
+            stage.grad_checkpointing = enabled
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> final-normed tokens (B, [1+]N, D) of the last stage, [CLS] first if it has one."""
         if x.ndim != 4 or x.shape[1] != self.config.in_chans:
             raise ValueError(f"expected input (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
-        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         B = x.shape[0]
         for i, stage in enumerate(self.stages):
-            x, H, W = stage.patch_embed(x)  # (B, N, D)
-            x = stage.pos_drop(x)
-            if stage.cls_token is not None:
-                x = torch.cat([stage.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1+N, D)
-            for blk in stage.blocks:
-                if use_ckpt:
-                    x = checkpoint(blk, x, H, W, use_reentrant=False, context_fn=_checkpoint_contexts)
-                else:
-                    x = blk(x, H, W)
+            x, H, W = stage(x)  # (B, [1+]N, D)
             if i < len(self.stages) - 1:  # tokens -> map for the next stage's embedding
                 if stage.cls_token is not None:
                     x = x[:, 1:]  # only the last stage's [CLS] token is read

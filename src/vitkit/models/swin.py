@@ -20,7 +20,7 @@ mask, the table index and the cyclic-shift index are built once per (resolution,
 and cached; one SDPA call per block covers every window of every image, with the bias + mask broadcast over
 the batch rather than copied. In eval mode without autograd on CPU, bias, GELU and residual adds are fused
 into oneDNN matmuls (``vitkit.layers.fused``), and a stage with large activations runs over slices of the
-batch so that no temporary is big enough to be page-faulted in afresh on every call (``MICRO_BATCH_BYTES``).
+batch so that no temporary is big enough to be page-faulted in afresh on every call (``layers.micro_batch``).
 """
 
 import functools
@@ -33,8 +33,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, can_fuse, linear
-from vitkit.layers.fused import is_tracing
 from vitkit.layers.init import init_linear_and_norms_
+from vitkit.layers.micro_batch import num_micro_batches
 from vitkit.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel, to_2tuple
 from vitkit.registry import register_family, register_model
 
@@ -173,15 +173,6 @@ def window_and_shift(height: int, width: int, window_size: int, shift_size: int)
     if min(height, width) <= window_size:
         return min(height, width), 0
     return window_size, shift_size
-
-
-# --- micro-batches for CPU inference ----------------------------------------------------------------
-# glibc serves an allocation above its mmap threshold (at most 32 MiB) with fresh pages and returns them to
-# the OS on free, so a block whose temporaries are that large pays a page fault per 4 KiB on every call:
-# Swin-T's first stage at batch 8 (its MLP hidden is 38.5 MB) spent ~35k faults, ~30 ms, per forward.
-# A stage whose widest temporary would exceed this many bytes runs over slices of the batch instead; every
-# image is independent in Swin, so the result is the same. 0 turns it off.
-MICRO_BATCH_BYTES = 12 * 2**20
 
 
 # --- modules ---------------------------------------------------------------------------------------
@@ -364,7 +355,7 @@ class SwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C_in) -> (B, H', W', dim)
         n = self.num_micro_batches(x)
-        if n > 1:  # every image is independent here: same result, small temporaries (see MICRO_BATCH_BYTES)
+        if n > 1:  # same result, small temporaries
             return torch.cat([self._forward(part) for part in x.tensor_split(n)])
         return self._forward(x)
 
@@ -378,23 +369,12 @@ class SwinStage(nn.Module):
         return x
 
     def num_micro_batches(self, x: torch.Tensor) -> int:
-        """1, or how many slices of the batch keep each block's widest temporary under MICRO_BATCH_BYTES.
-
-        Only for CPU inference (no autograd, not tracing / compiling / exporting) and never while attention
-        maps are recorded or hooks watch the blocks: they would see slices of the batch.
-        """
+        """1, or how many slices of the batch this stage runs over (``vitkit.layers.micro_batch``)."""
         B, H, W, _ = x.shape
-        if MICRO_BATCH_BYTES <= 0 or B == 1 or x.device.type != "cpu" or torch.is_grad_enabled() or is_tracing():
-            return 1
         if self.downsample_tokens:
             H, W = (H + 1) // 2, (W + 1) // 2
         widest = B * H * W * self.widest_channels * x.element_size()  # bytes of the MLP hidden (or qkv) tensor
-        n = min(B, math.ceil(widest / MICRO_BATCH_BYTES))
-        if n > 1 and any(
-            m._forward_hooks or m._forward_pre_hooks or getattr(m, "record_attention", False) for m in self.modules()
-        ):
-            return 1
-        return n
+        return num_micro_batches(self, x, widest)
 
 
 class SwinTransformer(VisionModel):

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, can_fuse, linear
 from vitkit.layers.init import init_linear_and_norms_
+from vitkit.layers.micro_batch import num_micro_batches
 from vitkit.models.base import HALF_MEAN, HALF_STD, VisionModel, to_2tuple
 from vitkit.registry import register_family, register_model
 
@@ -205,6 +206,16 @@ class VisionTransformer(VisionModel):
         return self.pos_drop(x + pos)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> final-normed tokens (B, [1+]N, D)."""
+        cfg = self.config
+        tokens = self.num_prefix_tokens + (x.shape[-2] // cfg.patch_size) * (x.shape[-1] // cfg.patch_size)
+        widest = x.shape[0] * tokens * int(cfg.embed_dim * max(3.0, cfg.mlp_ratio)) * x.element_size()
+        n = num_micro_batches(self, x, widest)  # CPU inference with large temporaries: slices of the batch
+        if n > 1:
+            return torch.cat([self._forward_features(part) for part in x.tensor_split(n)])
+        return self._forward_features(x)
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
         x = self.patch_embed(x)  # (B, N, D)
         x = self._pos_embed(x, grid)  # (B, 1+N, D)
