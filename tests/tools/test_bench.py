@@ -31,6 +31,7 @@ def test_cli_run_writes_json_and_table(tmp_path, capsys):
     assert r["schema"] == bench.SCHEMA
     assert r["settings"]["input_size"] == [3, 32, 32] and r["settings"]["overrides"]["depth"] == 2
     assert r["matmul_gflops"]["fp32"] > 0
+    assert r["settings"]["malloc"] == "default" and r["settings"]["malloc_applied"] is False
     assert r["flops"]["params"] == vitkit.create_model("vit_base_patch16_224", **r["settings"]["overrides"],
                                                        img_size=32).num_params()  # fmt: skip
     assert r["flops"]["train_gflops_per_image"] > 2 * 2 * r["flops"]["gmacs_per_image"]
@@ -41,6 +42,7 @@ def test_cli_run_writes_json_and_table(tmp_path, capsys):
         assert 0 < x["latency_ms_p50"] <= x["latency_ms_p90"]
         assert x["gflops_per_s"] > 0 and x["frac_of_matmul_peak"] > 0
         assert x["peak_mem_mb"] is None and x["mem_method"] == "not measured"
+        assert x["page_faults_per_batch"] >= 0
         # same weights: transformers' logits equal vitkit's
         assert x["max_abs_logit_diff_vs_first"] < 1e-4
     assert {(q["task"], q["dtype"]) for q in r["ratios"]} == {("infer", "fp32"), ("train", "fp32")}
@@ -52,6 +54,7 @@ def test_cli_run_writes_json_and_table(tmp_path, capsys):
     assert min(rounds) - 1e-3 <= q["round_ratio_median"] <= max(rounds) + 1e-3
     out = capsys.readouterr().out
     assert "| vitkit | infer |" in out and "speed ratio" in out and "per-round ratios" in out
+    assert "page faults / batch" in out and "malloc default" in out
     assert bench.round_range(q).startswith(f"{q['round_ratio_median']:.2f} (")
 
 
@@ -100,6 +103,10 @@ def test_bad_arguments_are_clear_errors():
             raise VitkitError("CUDA is available; nothing to check")
     with pytest.raises(SystemExit):
         _parse(["vit_nano_patch4_28", "--dtype", "fp8"])
+    with pytest.raises(SystemExit):
+        _parse(["vit_nano_patch4_28", "--malloc", "fast"])
+    with pytest.raises(VitkitError, match="malloc"):
+        bench.benchmark("vit_nano_patch4_28", malloc="fast", memory=False)
     assert bench.main(["vit_nope", "--no-memory"]) == 2
 
 

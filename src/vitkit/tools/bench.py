@@ -42,6 +42,7 @@ from torch import nn
 import vitkit
 from vitkit.errors import VitkitError
 from vitkit.registry import get_entry
+from vitkit.tools.malloc import PRESETS, set_malloc
 from vitkit.utils.io import atomic_write_json, atomic_write_text
 
 SCHEMA = "vitkit.bench/1"
@@ -376,15 +377,22 @@ def time_alternating(
         first = _time_once(lambda c=c: step(c), device)
         for _ in range(max(0, warmup - 1)):
             _time_once(lambda c=c: step(c), device)
-        out[c.name] = {"first_call_s": first, "repeat_s": [], "iter_s": []}
+        out[c.name] = {"first_call_s": first, "repeat_s": [], "iter_s": [], "page_faults": 0}
     n = len(contenders)
     for r in range(repeats):
         for j in range(n):
             c = contenders[(r + j) % n]
+            faults = _minor_faults()
             times = [_time_once(lambda c=c: step(c), device) for _ in range(iters)]
+            out[c.name]["page_faults"] += _minor_faults() - faults
             out[c.name]["repeat_s"].append(sum(times) / len(times))
             out[c.name]["iter_s"].extend(times)
     return out
+
+
+def _minor_faults() -> int:
+    """Page faults of this process so far (fresh pages from the OS: ~1 us each here; see vitkit.tools.malloc)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -414,6 +422,7 @@ def _reset_hwm() -> bool:
 def _memory_child(job: dict[str, Any]) -> dict[str, Any]:
     """Runs in a subprocess: build one contender, run its task a few times, report the memory peak in MiB."""
     torch.set_num_threads(job["threads"])
+    set_malloc(job.get("malloc", "default"))
     device = resolve_device(job["device"])
     spec = job["spec"]
     if spec["impl"] != "vitkit":
@@ -538,10 +547,14 @@ def benchmark(
     repeats: int = 5,
     memory: bool = True,
     overrides: dict[str, Any] | None = None,
+    malloc: str = "default",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark and return the JSON-ready result (see the module docstring for the method)."""
     log = log or (lambda s: None)
+    if malloc not in PRESETS:
+        raise VitkitError(f"unknown malloc preset {malloc!r}; choose from {', '.join(PRESETS)}")
+    malloc_applied = set_malloc(malloc)  # the same allocator settings for every contender (process-wide)
     overrides = dict(overrides or {})
     get_entry(model)  # a clear error for an unknown name
     for d in dtypes:
@@ -641,6 +654,7 @@ def benchmark(
                 "gflops_per_s": round(achieved, 2),
                 "frac_of_matmul_peak": round(achieved / rate, 4),
                 "first_call_s": round(t["first_call_s"], 3),
+                "page_faults_per_batch": round(t["page_faults"] / (repeats * iters)),
                 "setup_s": round(c.setup_s, 3),
                 "weights": c.weights,
                 "max_abs_logit_diff_vs_first": diffs.get(c.name),
@@ -667,6 +681,7 @@ def benchmark(
                 "num_classes": num_classes,
                 "task": r["task"],
                 "iters": 2,
+                "malloc": malloc,
             }
             r.update(measure_memory(job))
             log(f"  {r['name']:<24} {r['task']:<5} peak {r['peak_mem_mb']} MiB")
@@ -690,6 +705,8 @@ def benchmark(
             "iters": iters,
             "repeats": repeats,
             "overrides": overrides,
+            "malloc": malloc,
+            "malloc_applied": malloc_applied,
         },
         "matmul_gflops": {k: round(v, 1) for k, v in rates.items()},
         "flops": {
@@ -760,11 +777,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"{m['cpu'] if s['device'] == 'cpu' else m.get('gpu')} · torch {m['torch']} · "
         f"matmul {', '.join(f'{k} {v} GFLOP/s' for k, v in result['matmul_gflops'].items())} · "
         f"{result['flops']['gmacs_per_image']:.2f} GMACs/img · {result['flops']['params'] / 1e6:.2f} M params · "
-        f"load avg {m.get('load_avg_before')} -> {m.get('load_avg_after')}",
+        f"load avg {m.get('load_avg_before')} -> {m.get('load_avg_after')} · malloc {s.get('malloc', 'default')}",
         "",
         "| contender | task | batch | img/s | vs vitkit fp32 | p50 ms | p90 ms | GFLOP/s | of matmul peak | peak MiB "
-        "| first call s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| page faults / batch | first call s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = {r["task"]: r["img_per_s"] for r in result["results"] if r["name"] == "vitkit"}
     for r in result["results"]:
@@ -772,7 +789,8 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['name']} | {r['task']} | {r['batch_size']} | {r['img_per_s']:.2f} | {rel} | "
             f"{r['latency_ms_p50']:.1f} | {r['latency_ms_p90']:.1f} | {r['gflops_per_s']:.1f} | "
-            f"{100 * r['frac_of_matmul_peak']:.0f}% | {_fmt(r['peak_mem_mb'], '.0f')} | {r['first_call_s']:.2f} |"
+            f"{100 * r['frac_of_matmul_peak']:.0f}% | {_fmt(r['peak_mem_mb'], '.0f')} | "
+            f"{_fmt(r.get('page_faults_per_batch'), 'd')} | {r['first_call_s']:.2f} |"
         )
     if result["ratios"]:
         lines += [
@@ -852,6 +870,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, several_models: bool = Fal
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument(
+        "--malloc",
+        choices=tuple(PRESETS),
+        default="default",
+        help="glibc malloc thresholds for the whole run: default, pinned (32/64 MiB fixed) or tuned "
+        "(no page faults after warm-up); see vitkit.tools.malloc",
+    )
     parser.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set depth=2")  # fmt: skip
     parser.add_argument("--out", default=None, help="a .json file, or a directory for <model>_<device>_<date>.json")
@@ -877,6 +902,7 @@ def benchmark_from_args(name: str, args: argparse.Namespace) -> dict[str, Any]:
         repeats=args.repeats,
         memory=not args.no_memory,
         overrides=dict(args.set),
+        malloc=args.malloc,
         log=log,
     )
 
