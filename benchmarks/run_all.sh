@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recorded runs in benchmarks/results/ (about 30 minutes on an idle 2-core machine).
+# The recorded runs in benchmarks/results/ (about 40 minutes on an idle 2-core machine).
 # Run from the repository root with the project's virtual environment active.
 set -euo pipefail
 export PYTHONPATH=src
@@ -16,7 +16,12 @@ for i in 2 3; do
 done
 python benchmarks/speed.py --compare --mode eager,packed --threads 2 --batch-size 8 --task infer --device cpu \
     --warmup 2 --iters 2 --repeats 8 --out "$OUT/packed"
-python benchmarks/pool.py "$OUT"/*_t2_b8_*.json "$OUT"/reruns/*/*.json "$OUT"/packed/*.json
+# 1c. the inference comparison under each glibc malloc preset (page faults per batch are in the tables)
+for m in default pinned tuned; do
+    python benchmarks/speed.py --compare --threads 2 --batch-size 8 --task infer --device cpu \
+        --warmup 2 --iters 2 --repeats 10 --no-memory --malloc $m --out "$OUT/malloc/$m"
+done
+python benchmarks/pool.py "$OUT"/*_t2_b8_*.json "$OUT"/reruns/*/*.json "$OUT"/packed/*.json "$OUT"/malloc/default/*.json
 uptime
 # 2. scaling with image size, 224 -> 1024 px
 python benchmarks/scaling.py --threads 2 --budget 540 --max-seconds 40 --out "$OUT"
