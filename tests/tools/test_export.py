@@ -76,3 +76,18 @@ def test_fixed_batch_export(tmp_path):
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         torch.testing.assert_close(OnnxRunner(path)(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_export_never_bakes_in_micro_batches(tmp_path, monkeypatch, family):
+    """CPU inference may slice a batch (vitkit.layers.micro_batch); a traced graph must keep it whole."""
+    from vitkit.layers import micro_batch
+
+    monkeypatch.setattr(micro_batch, "MICRO_BATCH_BYTES", 1)  # slice every batch into single images
+    name, overrides, size, _ = TINY[family]
+    model = randomize_(vitkit.create_model(name, img_size=size, **overrides)).eval()
+    runner = OnnxRunner(export_onnx(model, tmp_path / "m.onnx", input_size=(3, size, size)), threads=1)
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+    torch.testing.assert_close(runner(x), ref, atol=1e-4, rtol=1e-4)
