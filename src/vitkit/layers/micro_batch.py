@@ -6,7 +6,7 @@ call: Swin-T's first stage at batch 8 (MLP hidden 8 x 3136 x 384 floats = 38.5 M
 per forward; ViT-B at batch 32 ~400k. Where the images of a batch are independent (inference: no batch
 statistics), running the widest part of a model over slices of the batch gives the same result with
 temporaries that stay in the allocator's free lists. Measured (CPU, 2 threads, same process, alternating):
-Swin-T 1.03-1.12x faster at batch 8 where the whole batch faulted, 1.15x at 32, ViT-B 1.06x at 32, CvT-13
+Swin-T 1.02-1.12x faster at batch 8 where the whole batch faulted, 1.15x at 32, ViT-B 1.06x at 32, CvT-13
 unchanged; Swin-T's peak inference memory 373 -> 268 MiB (benchmarks/README.md).
 """
 
