@@ -293,3 +293,15 @@ def test_inference_path_equals_the_autograd_path():
         fast = model(x)
     slow = model(x)  # autograd on: SDPA and plain linears
     torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_training_after_a_first_call_under_inference_mode():
+    """The cached index / mask tensors are built as normal tensors even when inference mode builds them first."""
+    for cached in (swin._table_index, swin._shift_mask, swin._roll_index):
+        cached.cache_clear()
+    model = tiny("swin_tiny_patch2_window4_32", depths=(2, 2, 1))
+    with torch.inference_mode():
+        model.eval()(torch.randn(1, 3, 32, 32))
+    model.train()(torch.randn(2, 3, 32, 32)).sum().backward()  # saves the cached index tensors for backward
+    assert model.layers[0].blocks[0].attn.relative_position_bias_table.grad is not None
+    assert not swin._roll_index(16, 16, 2, torch.device("cpu")).is_inference()

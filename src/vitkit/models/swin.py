@@ -115,7 +115,23 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return dy * (2 * ws - 1) + dx  # (N, N)
 
 
-@functools.lru_cache(maxsize=64)
+def _cached(build):
+    """``lru_cache`` for the index / mask tensors below, always built as normal tensors.
+
+    A tensor first built under ``torch.inference_mode`` would be an inference tensor, and a later training
+    step that saves it for backward (``index_select``) would fail; building outside inference mode avoids that.
+    """
+
+    @functools.lru_cache(maxsize=64)
+    @functools.wraps(build)
+    def cached(*args):
+        with torch.inference_mode(False):
+            return build(*args)
+
+    return cached
+
+
+@_cached
 def _table_index(window: int, table_window: int, device: torch.device) -> torch.Tensor:
     """Flat index into a table built for ``table_window`` for the pairs of a smaller (or equal) window.
 
@@ -131,7 +147,7 @@ def _table_index(window: int, table_window: int, device: torch.device) -> torch.
     return index.flatten().to(device)  # (N*N,)
 
 
-@functools.lru_cache(maxsize=64)
+@_cached
 def _shift_mask(height: int, width: int, window: int, shift: int, dtype: torch.dtype, device: torch.device):
     """Additive mask (num_windows, N, N) for SW-MSA on a (height, width) map: 0 inside a region, -100 across.
 
@@ -150,7 +166,7 @@ def _shift_mask(height: int, width: int, window: int, shift: int, dtype: torch.d
     return mask.to(device=device, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=64)
+@_cached
 def _roll_index(height: int, width: int, shift: int, device: torch.device) -> torch.Tensor:
     """Flat source index of ``torch.roll(x, (shift, shift), (1, 2))`` on a (B, H, W, C) map.
 
