@@ -85,3 +85,15 @@ def test_config_is_frozen_dataclass():
     model = vitkit.create_model("vit_tiny_patch16_224")
     with pytest.raises(AttributeError):
         model.config.depth = 3
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_training_after_inference_mode(name):
+    """Nothing built during a first call under torch.inference_mode may break a later training step."""
+    model = vitkit.create_model(name, num_classes=5, **tiny_overrides(name))
+    c, h, w = model.data_config["input_size"]
+    x = torch.randn(2, c, h, w)  # the same size: size-keyed caches are filled by the first call
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
