@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitkit.kernels import window_attention as native
 from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, can_fuse, linear
 from vitkit.layers.init import init_linear_and_norms_
 from vitkit.layers.micro_batch import num_micro_batches
@@ -246,15 +247,17 @@ class WindowAttention(nn.Module, RecordsAttention):
         self.stage_idx = self.block_idx = 0  # for the attention-map metadata
         self._bias_cache: dict[tuple, tuple[tuple[int, int], torch.Tensor]] = {}
 
-    def attn_bias(self, hp: int, wp: int, window: int, shift: int) -> torch.Tensor:
+    def attn_bias(self, hp: int, wp: int, window: int, shift: int, padded: bool = False) -> torch.Tensor:
         """Relative position bias (+ shift mask): (heads, N, N) without shift, (nW * heads, N, N) with it.
+
+        ``padded``: rows padded with -inf columns to the native kernel's width (inference only).
 
         The index and the mask are cached per size. With autograd on, the bias is gathered from the table on
         every call (cheap: N*N*heads values) so the table gets gradients; under no_grad / inference_mode the
         finished tensor is kept too, and rebuilt whenever the table changes (version counter or storage).
         """
         table = self.relative_position_bias_table
-        key = (hp, wp, window, shift, table.dtype, table.device)
+        key = (hp, wp, window, shift, padded, table.dtype, table.device)
         stamp = (-1 if table.is_inference() else table._version, table.data_ptr())  # inference tensors: no counter
         # cached tensors never enter an autograd graph, nor a graph being compiled
         needs_grad = torch.is_grad_enabled() or torch.compiler.is_compiling()
@@ -268,6 +271,8 @@ class WindowAttention(nn.Module, RecordsAttention):
         if shift:
             mask = _shift_mask(hp, wp, window, shift, table.dtype, table.device)  # (nW, N, N)
             bias = (mask.unsqueeze(1) + bias).flatten(0, 1)  # (nW * heads, N, N)
+        if padded:
+            bias = F.pad(bias, (0, native.padded_width(n) - n), value=float("-inf"))  # (..., N, padded)
         if not needs_grad:
             if len(self._bias_cache) >= 8:
                 self._bias_cache.clear()
@@ -282,6 +287,11 @@ class WindowAttention(nn.Module, RecordsAttention):
         if pad_b or pad_r:  # zero tokens right / bottom (transformers pads after norm1, before the shift)
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
+        if native.usable(x, self, heads, window):
+            # one kernel: the shift, the window partition and its reverse are index arithmetic there
+            bias = self.attn_bias(Hp, Wp, window, shift, padded=True)
+            out = native.window_attention(linear(x, self.qkv), bias, heads, window, shift, self.scale)
+            return self._project(out[:, :H, :W] if pad_b or pad_r else out, residual)
         if shift:
             x = cyclic_shift(x, -shift)
         nh, nw, n = Hp // window, Wp // window, window * window
@@ -321,6 +331,9 @@ class WindowAttention(nn.Module, RecordsAttention):
             out = cyclic_shift(out, shift)
         if pad_b or pad_r:
             out = out[:, :H, :W]
+        return self._project(out, residual)
+
+    def _project(self, out: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         if residual is not None:
             return linear(out, self.proj, residual=residual)
         return self.proj_drop(self.proj(out))

@@ -1,0 +1,73 @@
+"""Building and loading native kernels: cached per source / compiler / CPU, never half-written, optional."""
+
+import warnings
+
+import pytest
+import torch
+
+import vitkit
+import vitkit.kernels as kernels
+from vitkit.kernels import window_attention as native
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty build cache and nothing loaded yet."""
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    return tmp_path / "kernels"
+
+
+def test_kernel_builds_where_a_compiler_is(fresh):
+    if kernels.compiler() is None:  # then the models must still run: test_models_fall_back_without_the_kernel
+        with pytest.warns(UserWarning, match="no C compiler"):
+            assert native.library() is None
+        return
+    lib = native.library()
+    assert lib is not None
+    built = list(fresh.glob("window_attention-*.so"))
+    assert len(built) == 1 and not list(fresh.glob("*.tmp"))
+
+
+def test_a_built_kernel_is_reused(fresh, monkeypatch):
+    if kernels.compiler() is None:
+        pytest.skip("no C compiler")
+    assert kernels.load("window_attention") is not None
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setattr(kernels, "_compile", lambda *a: pytest.fail("compiled again"))
+    assert kernels.load("window_attention") is not None
+
+
+@pytest.mark.parametrize("cc", ["/nonexistent/cc", "false"])
+def test_a_broken_compiler_warns_and_leaves_nothing(fresh, monkeypatch, cc):
+    monkeypatch.setenv("CC", cc)
+    with pytest.warns(UserWarning, match="PyTorch path"):
+        assert native.library() is None
+    assert not fresh.exists() or not list(fresh.iterdir())  # no library, no temporary file
+
+
+def test_switched_off_by_the_environment(fresh, monkeypatch):
+    monkeypatch.setenv("VITKIT_NATIVE", "0")
+    monkeypatch.setattr(kernels, "_compile", lambda *a: pytest.fail("compiled while switched off"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.library() is None
+
+
+def test_models_fall_back_without_the_kernel(fresh, monkeypatch):
+    model = vitkit.create_model(
+        "swin_tiny_patch4_window7_224", embed_dim=32, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2)
+    ).eval()
+    x = torch.randn(1, 3, 64, 64)
+    monkeypatch.setenv("VITKIT_NATIVE", "0")
+    with torch.no_grad():
+        plain = model(x)
+    assert native._tried and native._lib is None  # asked, refused: the PyTorch path ran
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.delenv("VITKIT_NATIVE")
+    monkeypatch.setattr(kernels, "_loaded", {})
+    with torch.no_grad():
+        fast = model(x)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
