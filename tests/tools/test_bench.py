@@ -32,6 +32,7 @@ def test_cli_run_writes_json_and_table(tmp_path, capsys):
     assert r["settings"]["input_size"] == [3, 32, 32] and r["settings"]["overrides"]["depth"] == 2
     assert r["matmul_gflops"]["fp32"] > 0
     assert r["settings"]["malloc"] == "default" and r["settings"]["malloc_applied"] is False
+    assert r["settings"]["native_window_attention"] is None  # a Swin-only kernel
     assert r["flops"]["params"] == vitkit.create_model("vit_base_patch16_224", **r["settings"]["overrides"],
                                                        img_size=32).num_params()  # fmt: skip
     assert r["flops"]["train_gflops_per_image"] > 2 * 2 * r["flops"]["gmacs_per_image"]
@@ -56,6 +57,20 @@ def test_cli_run_writes_json_and_table(tmp_path, capsys):
     assert "| vitkit | infer |" in out and "speed ratio" in out and "per-round ratios" in out
     assert "page faults / batch" in out and "malloc default" in out
     assert bench.round_range(q).startswith(f"{q['round_ratio_median']:.2f} (")
+
+
+def test_swin_results_say_whether_the_native_kernel_ran(monkeypatch):
+    from vitkit.kernels import compiler
+    from vitkit.kernels import window_attention as native
+
+    kw = dict(depths=(1, 1), num_heads=(2, 2), embed_dim=32, window_size=4)
+    run = dict(img_size=32, batch_size=2, tasks=("infer",), warmup=1, iters=1, repeats=1, memory=False)
+    r = bench.benchmark("swin_tiny_patch2_window4_32", overrides=kw, **run)
+    assert r["settings"]["native_window_attention"] is (compiler() is not None)
+    assert ("native window attention" in bench.format_table(r)) is (compiler() is not None)
+    monkeypatch.setattr(native, "NATIVE_WINDOW_ATTENTION", False)
+    r = bench.benchmark("swin_tiny_patch2_window4_32", overrides=kw, **run)
+    assert r["settings"]["native_window_attention"] is False and "on SDPA" in bench.format_table(r)
 
 
 def test_modes_run_and_agree_with_eager():
