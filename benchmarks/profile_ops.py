@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 from vitkit.tools import bench
 
 GROUPS = {  # first match wins
-    "attention": ("scaled_dot_product", "softmax", "bmm", "baddbmm"),
+    "attention": ("scaled_dot_product", "softmax", "bmm", "baddbmm", "vitkit::"),  # vitkit:: = native kernels
     "matmul (linear)": ("addmm", "aten::mm", "aten::matmul", "aten::linear", "linear_pointwise"),
     "convolution": ("convolution", "conv2d", "mkldnn_convolution", "_convolution", "conv_depthwise"),
     "norm": ("layer_norm", "batch_norm", "native_layer_norm", "native_batch_norm"),
@@ -40,7 +40,7 @@ def profile_one(c: bench.Contender, step, iters: int) -> tuple[dict[str, float],
             step(c)
     groups: dict[str, float] = defaultdict(float)
     for e in prof.key_averages():
-        if e.key.startswith("aten::") or e.key.startswith("mkldnn"):
+        if e.key.startswith(("aten::", "mkldnn", "vitkit::")):
             groups[group_of(e.key)] += e.self_cpu_time_total / 1e3 / iters  # ms per step
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     return dict(groups), table

@@ -7,6 +7,7 @@ import torch
 
 import vitkit
 import vitkit.kernels as kernels
+from vitkit.kernels import attention as native_attention
 from vitkit.kernels import window_attention as native
 
 
@@ -17,6 +18,8 @@ def fresh(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_loaded", {})
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native_attention, "_lib", None)
+    monkeypatch.setattr(native_attention, "_tried", False)
     return tmp_path / "kernels"
 
 
@@ -25,10 +28,10 @@ def test_kernel_builds_where_a_compiler_is(fresh):
         with pytest.warns(UserWarning, match="no C compiler"):
             assert native.library() is None
         return
-    lib = native.library()
-    assert lib is not None
-    built = list(fresh.glob("window_attention-*.so"))
-    assert len(built) == 1 and not list(fresh.glob("*.tmp"))
+    assert native.library() is not None and native_attention.library() is not None
+    for name in ("window_attention", "attention"):
+        assert len(list(fresh.glob(f"{name}-*.so"))) == 1
+    assert not list(fresh.glob("*.tmp"))
 
 
 def test_a_built_kernel_is_reused(fresh, monkeypatch):
@@ -56,18 +59,24 @@ def test_switched_off_by_the_environment(fresh, monkeypatch):
         assert native.library() is None
 
 
-def test_models_fall_back_without_the_kernel(fresh, monkeypatch):
-    model = vitkit.create_model(
-        "swin_tiny_patch4_window7_224", embed_dim=32, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2)
-    ).eval()
+@pytest.mark.parametrize(
+    "name, kw, module",
+    [
+        ("swin_tiny_patch4_window7_224", dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2)), native),
+        ("vit_base_patch16_224", dict(embed_dim=64, depth=2, num_heads=2, img_size=64), native_attention),
+    ],
+)
+def test_models_fall_back_without_the_kernel(fresh, monkeypatch, name, kw, module):
+    model = vitkit.create_model(name, **kw).eval()
     x = torch.randn(1, 3, 64, 64)
     monkeypatch.setenv("VITKIT_NATIVE", "0")
     with torch.no_grad():
         plain = model(x)
-    assert native._tried and native._lib is None  # asked, refused: the PyTorch path ran
-    monkeypatch.setattr(native, "_tried", False)
+    assert module._tried and module._lib is None  # asked, refused: the PyTorch path ran
+    monkeypatch.setattr(module, "_tried", False)
     monkeypatch.delenv("VITKIT_NATIVE")
     monkeypatch.setattr(kernels, "_loaded", {})
     with torch.no_grad():
         fast = model(x)
+    assert module._lib is not None or kernels.compiler() is None
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)

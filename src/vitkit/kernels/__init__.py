@@ -1,13 +1,13 @@
 """Native CPU kernels, compiled from C on first use and loaded with ctypes.
 
-Only where PyTorch has no fast op for a hot loop of ours (today: Swin's window attention). Each kernel is one
-C file next to this module, built with the system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``) at
-``-O3 -march=native`` into a per-user cache (``$VITKIT_CACHE`` or ``~/.cache/vitkit/kernels``), with
-``-fopenmp`` where PyTorch runs on GNU OpenMP: the kernel then shares PyTorch's thread pool, whose idle threads
-would otherwise spin on the cores it needs. The file name carries a hash of the source, the compiler, its flags
-and this CPU, so a cache shared between machines never loads a library built for another CPU. Without a
-compiler, or when the build fails, :func:`load` warns once and returns None, and the models run their PyTorch
-path: the same numbers, slower. ``VITKIT_NATIVE=0`` turns every kernel off.
+Only where PyTorch has no fast op for a hot loop of ours (Swin's window attention, small multi-head attention).
+Each kernel is one C file next to this module (with the shared ``vec16.h``), built with the system C compiler
+(``$CC``, else ``cc`` / ``gcc`` / ``clang``) at ``-O3 -march=native`` into a per-user cache (``$VITKIT_CACHE`` or
+``~/.cache/vitkit/kernels``), with ``-fopenmp`` where PyTorch runs on GNU OpenMP: the kernel then shares PyTorch's
+thread pool, whose idle threads would otherwise spin on the cores it needs. The file name carries a hash of the
+source, the compiler, its flags and this CPU, so a cache shared between machines never loads a library built for
+another CPU. Without a compiler, or when the build fails, :func:`load` warns once and returns None, and the models
+run their PyTorch path: the same numbers, slower. ``VITKIT_NATIVE=0`` turns every kernel off.
 """
 
 import ctypes
@@ -92,7 +92,7 @@ def _build_and_load(name: str) -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as e:
         warnings.warn(f"vitkit: C compiler {cc!r} does not run ({e}): {name} runs on its PyTorch path", stacklevel=3)
         return None
-    code = source.read_bytes()
+    code = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(_HERE.glob("*.h")))  # + shared headers
     errors = []
     openmp = ("-fopenmp",) if _uses_libgomp() else ()
     for flags in _ARCH_FLAGS:

@@ -15,87 +15,29 @@
  * Windows are read from the map rolled by -shift (as torch.roll(x, (-shift, -shift), (1, 2))) and written
  * back rolled by +shift, so the caller never rolls.
  *
- * Written with GCC / Clang vector extensions (16 floats per vector), so one source compiles for AVX-512, AVX2 or
- * NEON; vitkit.kernels builds it with -O3 -march=native on first use.
+ * vitkit.kernels builds it with -O3 -march=native on first use (vec16.h: vectors, exp, threads).
  */
-#include <pthread.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-typedef float v16 __attribute__((vector_size(64), aligned(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
-typedef int32_t v16i __attribute__((vector_size(64), aligned(64)));
-
-#if defined(__clang__)
-#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (v16i){__VA_ARGS__})
-#endif
-
-static inline v16 ld(const float *p) { return *(const v16u *)p; }
-static inline void st(float *p, v16 v) { *(v16u *)p = v; }
-static inline v16 vmax(v16 a, v16 b) {
-  v16i gt = a > b;
-  return (v16)(((v16i)a & gt) | ((v16i)b & ~gt));
-}
-
-/* e^x for x <= 0 (softmax after the max is subtracted); relative error < 2e-7, inputs below -87 give e^-87 */
-static inline v16 vexp(v16 x) {
-  x = vmax(x, (v16){} - 87.f);
-  v16 fn = (x * 1.44269504f + 12582912.f) - 12582912.f; /* round to nearest: x / ln 2 */
-  v16 r = x - fn * 0.693145752f - fn * 1.42860677e-06f; /* x - fn ln 2, in two parts */
-  v16 y = 1.98756912e-4f * r + 1.39819994e-3f;
-  y = y * r + 8.33345205e-3f;
-  y = y * r + 4.16657962e-2f;
-  y = y * r + 1.66666657e-1f;
-  y = y * r + 5.0e-1f;
-  y = y * r * r + r + 1.f;
-  return y * (v16)((__builtin_convertvector(fn, v16i) + 127) << 23); /* times 2^fn */
-}
-
-/* 16 x 16 transpose of r[0..15]: each stage swaps one bit of the index between rows and columns */
-#define SWAP_BIT(s, LO, HI)        \
-  for (int i = 0; i < 16; i++)     \
-    if (!(i & s)) {                \
-      v16 a = r[i], b = r[i + s];  \
-      r[i] = SHUFFLE(a, b, LO);    \
-      r[i + s] = SHUFFLE(a, b, HI); \
-    }
-#define LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
-#define HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
-#define LO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
-#define HI2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
-#define LO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
-#define HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
-#define LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
-#define HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
-static inline void transpose16(v16 *r) {
-  SWAP_BIT(1, LO1, HI1)
-  SWAP_BIT(2, LO2, HI2)
-  SWAP_BIT(4, LO4, HI4)
-  SWAP_BIT(8, LO8, HI8)
-}
+#include "vec16.h"
 
 typedef struct {
   const float *qkv, *bias;
   float *out;
   long bias_window_stride; /* floats between two windows' biases; 0: one bias for every window */
   int H, W, C, heads, ws, shift, hd, np;
-  int group;  /* heads whose q, k, v are gathered together (kept in L2) */
+  int group;    /* heads whose q, k, v are gathered together (kept in L2) */
   long mstride; /* floats between two per-head matrices in the scratch buffer */
   float scale;
-  int start, end; /* windows [start, end) of B * nh * nw */
-  int failed;
 } job_t;
 
-/* one window, all heads; scratch: group x (q, k, v) of np x hd, kT (hd x np), s (np x np) */
-static void run_window(const job_t *J, int task, float *buf, int *rows) {
+/* one window, all heads; scratch: group x (q, k, v) of np x hd, kT (hd x np), s (np x np), n row indices */
+static void run_window(const void *ctx, int task, float *buf) {
+  const job_t *J = (const job_t *)ctx;
   const int ws = J->ws, n = ws * ws, np = J->np, hd = J->hd, C = J->C, H = J->H, W = J->W, heads = J->heads;
   const int nh = H / ws, nw = W / ws;
   const int b = task / (nh * nw), wi = (task / nw) % nh, wj = task % nw;
   const long ms = J->mstride;
   float *kT = buf + (size_t)J->group * ms * 3, *s = kT + (size_t)hd * np;
+  int *rows = (int *)(s + (size_t)np * np);
   for (int t = 0; t < n; t++) { /* token t of the rolled window -> its row in the map */
     int y = (wi * ws + t / ws + J->shift) % H, x = (wj * ws + t % ws + J->shift) % W;
     rows[t] = (b * H + y) * W + x;
@@ -185,29 +127,7 @@ static void run_window(const job_t *J, int task, float *buf, int *rows) {
   }
 }
 
-/* scratch for one thread: group x (q, k, v), kT, s; NULL when out of memory */
-static float *scratch(const job_t *J) {
-  size_t floats = (size_t)J->mstride * 3 * J->group + (size_t)J->hd * J->np + (size_t)J->np * J->np;
-  float *buf = aligned_alloc(64, (sizeof(float) * floats + 63) / 64 * 64);
-  if (buf) memset(buf, 0, sizeof(float) * floats); /* rows n..np-1 of q, k, v stay zero */
-  return buf;
-}
-
-#ifndef _OPENMP
-static void *worker(void *arg) {
-  job_t *J = (job_t *)arg;
-  float *buf = scratch(J);
-  int *rows = malloc(sizeof(int) * J->ws * J->ws);
-  if (!buf || !rows) J->failed = 1;
-  else
-    for (int t = J->start; t < J->end; t++) run_window(J, t, buf, rows);
-  free(buf);
-  free(rows);
-  return NULL;
-}
-#endif
-
-/* Returns 0 on success, 1 for a shape this kernel does not handle, 2 when memory or threads ran out.
+/* Returns 0 on success, 1 for a shape this kernel does not handle, 2 when memory ran out.
  * The caller checks shapes and strides; H and W are multiples of ws, 0 <= shift < ws. */
 int vk_window_attention(const float *qkv, float *out, const float *bias, int per_window, int B, int H, int W,
                         int C, int heads, int ws, int shift, float scale, int nthreads) {
@@ -217,44 +137,8 @@ int vk_window_attention(const float *qkv, float *out, const float *bias, int per
   const long mstride = (long)np * hd + 48; /* off a multiple of 4 KiB: q, k, v of a group share no L1 sets */
   int group = (int)((96 * 1024) / (mstride * 3 * 4));
   group = group < 1 ? 1 : group > heads ? heads : group;
-  const int tasks = B * (H / ws) * (W / ws);
-  job_t job = {qkv, bias, out, per_window ? (long)heads * n * np : 0, H, W, C, heads, ws, shift, hd, np,
-               group, mstride, scale, 0, tasks, 0};
-#ifdef _OPENMP
-  /* linked against the libgomp PyTorch already loaded (same soname): its threads, no second pool spinning */
-  int failed = 0;
-#pragma omp parallel num_threads(nthreads < 1 ? 1 : nthreads) reduction(| : failed)
-  {
-    float *buf = scratch(&job);
-    int *rows = malloc(sizeof(int) * n);
-    failed = !buf || !rows;
-#pragma omp for schedule(static)
-    for (int t = 0; t < tasks; t++)
-      if (!failed) run_window(&job, t, buf, rows);
-    free(buf);
-    free(rows);
-  }
-  return failed ? 2 : 0;
-#else
-  if (nthreads > 64) nthreads = 64;
-  if (nthreads > tasks) nthreads = tasks;
-  if (nthreads < 1) nthreads = 1;
-  job_t jobs[64];
-  pthread_t threads[64];
-  int started[64] = {0}, failed = 0;
-  for (int k = 0; k < nthreads; k++) {
-    jobs[k] = job;
-    jobs[k].start = (int)((long)tasks * k / nthreads);
-    jobs[k].end = (int)((long)tasks * (k + 1) / nthreads);
-  }
-  for (int k = 1; k < nthreads; k++) {
-    if (pthread_create(&threads[k], NULL, worker, &jobs[k]) == 0) started[k] = 1;
-    else worker(&jobs[k]); /* no thread to be had: do its share here */
-  }
-  worker(&jobs[0]);
-  for (int k = 1; k < nthreads; k++)
-    if (started[k]) pthread_join(threads[k], NULL);
-  for (int k = 0; k < nthreads; k++) failed |= jobs[k].failed;
-  return failed ? 2 : 0;
-#endif
+  const job_t job = {qkv, bias, out, per_window ? (long)heads * n * np : 0, H, W, C, heads, ws, shift, hd, np,
+                     group, mstride, scale};
+  const size_t scratch = (size_t)mstride * 3 * group + (size_t)hd * np + (size_t)np * np + n;
+  return run_parallel(B * (H / ws) * (W / ws), nthreads, scratch, run_window, &job);
 }

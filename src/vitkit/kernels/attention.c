@@ -1,0 +1,113 @@
+/* Multi-head attention softmax(scale q k^T) v for CPU float32 inference, one (image, head, block of rows) per task.
+ *
+ * Why a kernel: PyTorch's CPU SDPA runs small problems (CvT-13's last stage: 197 queries x 50 keys x 64, ViT's
+ * 197 x 197 x 64) at 50-110 GFLOP/s, a third to a half of what its matmuls reach, and the caller then copies
+ * the (B, heads, N, d) result into (B, N, heads * d). Here K is transposed once per task into a 16-aligned
+ * panel, 4 query rows at a time run Q K^T -> softmax -> P V with the scores in L1, and each output row is
+ * written straight into the caller's (B, N, heads, d) layout.
+ *
+ * q, k, v, out: float32 with unit stride over the d channels and any strides (in floats) over batch, head and
+ * token, e.g. q = qkv[..., :C] of a fused projection viewed (B, N, heads, d). No mask, no dropout.
+ * vitkit.kernels builds it with -O3 -march=native on first use (vec16.h: vectors, exp, threads).
+ */
+#include "vec16.h"
+
+typedef struct {
+  const float *q, *k, *v;
+  float *out;
+  long qs[3], ks[3], vs[3], os[3]; /* strides in floats: batch, head, token */
+  int heads, N, Nk, hd, nkp, rows, chunks;
+  float scale;
+} job_t;
+
+/* task = (image, head, chunk of rows); scratch: kT (hd x nkp), V (Nk x hd), scores (4 x nkp), column mask */
+static void run_task(const void *ctx, int task, float *buf) {
+  const job_t *J = (const job_t *)ctx;
+  const int hd = J->hd, nkp = J->nkp, Nk = J->Nk;
+  const int chunk = task % J->chunks, h = (task / J->chunks) % J->heads, b = task / J->chunks / J->heads;
+  const float *q = J->q + b * J->qs[0] + h * J->qs[1];
+  const float *k = J->k + b * J->ks[0] + h * J->ks[1];
+  const float *v = J->v + b * J->vs[0] + h * J->vs[1];
+  float *out = J->out + b * J->os[0] + h * J->os[1];
+  float *kT = buf, *vb = kT + (size_t)hd * nkp, *s = vb + (size_t)Nk * hd, *mask = s + 4 * (size_t)nkp;
+  for (int t0 = 0; t0 < nkp; t0 += 16) /* K (Nk x hd, strided) -> kT (hd x nkp); columns >= Nk zero */
+    for (int d0 = 0; d0 < hd; d0 += 16) {
+      v16 r[16];
+      for (int i = 0; i < 16; i++) r[i] = t0 + i < Nk ? ld(k + (t0 + i) * J->ks[2] + d0) : (v16){};
+      transpose16(r);
+      for (int i = 0; i < 16; i++) st(kT + (d0 + i) * nkp + t0, r[i]);
+    }
+  for (int t = 0; t < Nk; t++) memcpy(vb + (size_t)t * hd, v + t * J->vs[2], sizeof(float) * hd);
+  for (int j = 0; j < nkp; j++) mask[j] = j < Nk ? 0.f : -__builtin_inff();
+  const int i_start = chunk * J->rows, i_end = i_start + J->rows < J->N ? i_start + J->rows : J->N;
+  for (int i0 = i_start; i0 < i_end; i0 += 4) {
+    const float *qr[4];
+    for (int r = 0; r < 4; r++) qr[r] = q + (i0 + r < i_end ? i0 + r : i_end - 1) * J->qs[2];
+    /* scores: 4 rows x 32 columns at a time */
+    v16 m[4] = {0};
+    for (int j0 = 0; j0 < nkp; j0 += 32) {
+      v16 a[4][2] = {{{0}}};
+      const float *kc = kT + j0;
+      for (int d = 0; d < hd; d++) {
+        v16 k0 = ld(kc + d * nkp), k1 = ld(kc + d * nkp + 16);
+        for (int r = 0; r < 4; r++) {
+          a[r][0] += qr[r][d] * k0;
+          a[r][1] += qr[r][d] * k1;
+        }
+      }
+      for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 2; c++) {
+          v16 z = a[r][c] * J->scale + ld(mask + j0 + 16 * c);
+          st(s + r * nkp + j0 + 16 * c, z);
+          m[r] = j0 || c ? vmax(m[r], z) : z;
+        }
+    }
+    float inv[4];
+    for (int r = 0; r < 4; r++) {
+      const float mx = hmax(m[r]);
+      float *sr = s + r * nkp;
+      v16 sum = {0};
+      for (int j0 = 0; j0 < nkp; j0 += 16) {
+        v16 e = vexp(ld(sr + j0) - mx);
+        st(sr + j0, e);
+        sum += e;
+      }
+      inv[r] = 1.f / hsum(sum);
+    }
+    /* out = P V / sum: 4 rows x 64 channels at a time (fewer at the end of hd) */
+    for (int d0 = 0; d0 < hd; d0 += 64) {
+      const int nb = (hd - d0) / 16 < 4 ? (hd - d0) / 16 : 4;
+      v16 a[4][4] = {{{0}}};
+      for (int j = 0; j < Nk; j++) {
+        const float *vr = vb + (size_t)j * hd + d0;
+        v16 x[4];
+        for (int c = 0; c < 4; c++) x[c] = c < nb ? ld(vr + 16 * c) : (v16){};
+        for (int r = 0; r < 4; r++) {
+          const float p = s[r * nkp + j];
+          for (int c = 0; c < 4; c++) a[r][c] += p * x[c];
+        }
+      }
+      for (int r = 0; r < 4 && i0 + r < i_end; r++)
+        for (int c = 0; c < nb; c++) st(out + (i0 + r) * J->os[2] + d0 + 16 * c, a[r][c] * inv[r]);
+    }
+  }
+}
+
+/* strides: {batch, head, token} in floats for q, k, v, out. Returns 0, 1 for an unsupported shape, 2 when
+ * memory ran out. */
+int vk_attention(const float *q, const float *k, const float *v, float *out, const long *qs, const long *ks,
+                 const long *vs, const long *os, int B, int heads, int N, int Nk, int hd, float scale, int nthreads) {
+  if (B <= 0 || heads <= 0 || N <= 0 || Nk <= 0 || hd <= 0 || hd % 16) return 1;
+  const int nkp = (Nk + 31) / 32 * 32;
+  /* about 4 tasks per thread and image-head pair at least, whole blocks of 4 rows */
+  int per = nthreads > 0 ? nthreads : 1;
+  int chunks = (per * 4 + B * heads - 1) / (B * heads);
+  if (chunks > (N + 3) / 4) chunks = (N + 3) / 4;
+  if (chunks < 1) chunks = 1;
+  int rows = ((N + chunks - 1) / chunks + 3) / 4 * 4;
+  chunks = (N + rows - 1) / rows;
+  job_t job = {q, k, v, out, {qs[0], qs[1], qs[2]}, {ks[0], ks[1], ks[2]}, {vs[0], vs[1], vs[2]},
+               {os[0], os[1], os[2]}, heads, N, Nk, hd, nkp, rows, chunks, scale};
+  const size_t scratch = (size_t)hd * nkp + (size_t)Nk * hd + 4 * (size_t)nkp + nkp;
+  return run_parallel(B * heads * chunks, nthreads, scratch, run_task, &job);
+}
