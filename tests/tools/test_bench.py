@@ -8,6 +8,8 @@ import torch
 
 import vitkit
 from vitkit.errors import VitkitError
+from vitkit.kernels import compiler
+from vitkit.kernels import window_attention as native_window_attention
 from vitkit.tools import bench
 from vitkit.tools.quantize import quantize_dynamic_int8
 
@@ -32,7 +34,7 @@ def test_cli_run_writes_json_and_table(tmp_path, capsys):
     assert r["settings"]["input_size"] == [3, 32, 32] and r["settings"]["overrides"]["depth"] == 2
     assert r["matmul_gflops"]["fp32"] > 0
     assert r["settings"]["malloc"] == "default" and r["settings"]["malloc_applied"] is False
-    assert r["settings"]["native_window_attention"] is None  # a Swin-only kernel
+    assert r["settings"]["native_kernels"] == (["attention"] if compiler() is not None else [])
     assert r["flops"]["params"] == vitkit.create_model("vit_base_patch16_224", **r["settings"]["overrides"],
                                                        img_size=32).num_params()  # fmt: skip
     assert r["flops"]["train_gflops_per_image"] > 2 * 2 * r["flops"]["gmacs_per_image"]
@@ -59,18 +61,16 @@ def test_cli_run_writes_json_and_table(tmp_path, capsys):
     assert bench.round_range(q).startswith(f"{q['round_ratio_median']:.2f} (")
 
 
-def test_swin_results_say_whether_the_native_kernel_ran(monkeypatch):
-    from vitkit.kernels import compiler
-    from vitkit.kernels import window_attention as native
-
+def test_results_say_which_native_kernels_ran(monkeypatch):
     kw = dict(depths=(1, 1), num_heads=(2, 2), embed_dim=32, window_size=4)
     run = dict(img_size=32, batch_size=2, tasks=("infer",), warmup=1, iters=1, repeats=1, memory=False)
     r = bench.benchmark("swin_tiny_patch2_window4_32", overrides=kw, **run)
-    assert r["settings"]["native_window_attention"] is (compiler() is not None)
-    assert ("native window attention" in bench.format_table(r)) is (compiler() is not None)
-    monkeypatch.setattr(native, "NATIVE_WINDOW_ATTENTION", False)
+    expected = ["window_attention"] if compiler() is not None else []
+    assert r["settings"]["native_kernels"] == expected
+    assert f"native kernels: {', '.join(expected or ['none'])}" in bench.format_table(r)
+    monkeypatch.setattr(native_window_attention, "NATIVE_WINDOW_ATTENTION", False)
     r = bench.benchmark("swin_tiny_patch2_window4_32", overrides=kw, **run)
-    assert r["settings"]["native_window_attention"] is False and "on SDPA" in bench.format_table(r)
+    assert r["settings"]["native_kernels"] == [] and "native kernels: none" in bench.format_table(r)
 
 
 def test_modes_run_and_agree_with_eager():

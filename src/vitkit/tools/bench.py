@@ -41,6 +41,7 @@ from torch import nn
 
 import vitkit
 from vitkit.errors import VitkitError
+from vitkit.kernels import attention as native_attention
 from vitkit.kernels import window_attention as native_window_attention
 from vitkit.registry import get_entry
 from vitkit.tools.malloc import PRESETS, set_malloc
@@ -708,7 +709,7 @@ def benchmark(
             "overrides": overrides,
             "malloc": malloc,
             "malloc_applied": malloc_applied,
-            "native_window_attention": _native_window_attention(model, dev),
+            "native_kernels": _native_kernels(model, dev),
         },
         "matmul_gflops": {k: round(v, 1) for k, v in rates.items()},
         "flops": {
@@ -769,14 +770,15 @@ def round_range(q: dict[str, Any]) -> str:
     return f"{q['round_ratio_median']:.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
 
 
-_NATIVE_NOTE = {True: " · native window attention", False: " · window attention on SDPA (no native kernel)"}
-
-
-def _native_window_attention(model: str, device: torch.device) -> bool | None:
-    """Whether Swin's CPU inference ran the native kernel (``vitkit.kernels``); None for other models / devices."""
-    if get_entry(model).family != "swin" or device.type != "cpu":
-        return None
-    return native_window_attention.NATIVE_WINDOW_ATTENTION and native_window_attention.library() is not None
+def _native_kernels(model: str, device: torch.device) -> list[str]:
+    """The native CPU kernels (``vitkit.kernels``) vitkit's fp32 inference ran for this model."""
+    if device.type != "cpu":
+        return []
+    if get_entry(model).family == "swin":
+        on, name, module = native_window_attention.NATIVE_WINDOW_ATTENTION, "window_attention", native_window_attention
+    else:
+        on, name, module = native_attention.NATIVE_ATTENTION, "attention", native_attention
+    return [name] if on and module.library() is not None else []
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -790,7 +792,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"matmul {', '.join(f'{k} {v} GFLOP/s' for k, v in result['matmul_gflops'].items())} · "
         f"{result['flops']['gmacs_per_image']:.2f} GMACs/img · {result['flops']['params'] / 1e6:.2f} M params · "
         f"load avg {m.get('load_avg_before')} -> {m.get('load_avg_after')} · malloc {s.get('malloc', 'default')}"
-        f"{_NATIVE_NOTE.get(s.get('native_window_attention'), '')}",
+        f" · native kernels: {', '.join(s.get('native_kernels') or ['none'])}",
         "",
         "| contender | task | batch | img/s | vs vitkit fp32 | p50 ms | p90 ms | GFLOP/s | of matmul peak | peak MiB "
         "| page faults / batch | first call s |",
