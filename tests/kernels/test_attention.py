@@ -82,6 +82,8 @@ def test_only_for_plain_inference(calls):
         attention(q, q, q, scale=1.0, dropout_p=0.1)
         attention(q, q, q, scale=1.0, need_weights=True)
         attention(q[..., :8], q[..., :8], q[..., :8], scale=1.0)  # head width 8
+        many = torch.randn(1, 2, native.MAX_KEY_ELEMENTS // 32 + 1, 32)  # K, V would outgrow L2: SDPA
+        attention(q, many, many, scale=1.0)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             attention(q, q, q, scale=1.0)
     assert calls == []

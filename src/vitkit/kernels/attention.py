@@ -4,7 +4,8 @@
 PyTorch's CPU SDPA is slow on small problems (CvT-13's last stage: 197 queries x 50 keys, head width 64, at
 ~55 GFLOP/s). Used only where nothing but rounding can differ: autograd off, CPU float32 without autocast, no
 mask, no dropout, no weights requested, not while tracing / compiling / exporting or under a dispatch mode (FLOP
-counting), head width a multiple of 16. Set ``vitkit.kernels.attention.NATIVE_ATTENTION = False`` (or
+counting), head width a multiple of 16, at most ``MAX_KEY_ELEMENTS`` keys x head width (CvT-13 at 224 px,
+ViT-B/16 up to 448 px; larger problems take SDPA). Set ``vitkit.kernels.attention.NATIVE_ATTENTION = False`` (or
 ``VITKIT_NATIVE=0``) to compare. The profiler sees it as ``vitkit::attention``.
 """
 
@@ -17,6 +18,10 @@ from vitkit.kernels import load
 from vitkit.layers.fused import _autocast_on, is_tracing
 
 NATIVE_ATTENTION = True
+# keys x head width of one problem: up to here K and V of one head (2 x 256 KiB) stay in L2 while every block of
+# query rows streams over them. Beyond it SDPA's blocked kernel wins (ViT-B at 1024 px, 4097 keys: 8.9 s with the
+# kernel vs 8.2 s; CvT-13 at 1024 px, 16384 keys in stage 1: 4.7 s vs 3.8 s).
+MAX_KEY_ELEMENTS = 65536
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -44,6 +49,7 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         and q.dtype == k.dtype == v.dtype == torch.float32
         and q.dim() == 4
         and q.shape[-1] % 16 == 0
+        and k.shape[-2] * k.shape[-1] <= MAX_KEY_ELEMENTS
         and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         and not _autocast_on()
         and not is_tracing()
