@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recorded runs in benchmarks/results/ (about 40 minutes on an idle 2-core machine).
+# The recorded runs in benchmarks/results/ (about an hour on an idle 2-core machine).
 # Run from the repository root with the project's virtual environment active.
 set -euo pipefail
 export PYTHONPATH=src
@@ -9,19 +9,27 @@ uptime
 python benchmarks/speed.py --compare --threads 2 --batch-size 8 --train-batch-size 4 --device cpu \
     --warmup 2 --iters 2 --repeats 10 --out "$OUT"
 uptime
-# 1b. the inference comparison twice more, and once with the packed-weights mode; then pool the rounds
-for i in 2 3; do
+# 1b. the inference comparison four more times; then pool the rounds of all five runs
+for i in 2 3 4 5; do
     python benchmarks/speed.py --compare --threads 2 --batch-size 8 --task infer --device cpu \
         --warmup 2 --iters 2 --repeats 10 --no-memory --out "$OUT/reruns/run$i"
 done
-python benchmarks/speed.py --compare --mode eager,packed --threads 2 --batch-size 8 --task infer --device cpu \
-    --warmup 2 --iters 2 --repeats 8 --out "$OUT/packed"
-# 1c. the inference comparison under each glibc malloc preset (page faults per batch are in the tables)
-for m in default pinned tuned; do
+python benchmarks/pool.py "$OUT"/*_t2_b8_*.json "$OUT"/reruns/*/*.json
+uptime
+# 1c. the inference comparison under the other glibc malloc presets (page faults per batch are in the tables)
+for m in tuned pinned; do
     python benchmarks/speed.py --compare --threads 2 --batch-size 8 --task infer --device cpu \
         --warmup 2 --iters 2 --repeats 10 --no-memory --malloc $m --out "$OUT/malloc/$m"
 done
-python benchmarks/pool.py "$OUT"/*_t2_b8_*.json "$OUT"/reruns/*/*.json "$OUT"/packed/*.json "$OUT"/malloc/default/*.json
+uptime
+# 1d. the native kernels: per shape against PyTorch, and each on / off in the whole model
+python benchmarks/kernels.py --threads 2 --batch-size 8 --rounds 7 --out "$OUT"
+python benchmarks/switch_ab.py swin_tiny_patch4_window7_224 vitkit.kernels.window_attention NATIVE_WINDOW_ATTENTION \
+    --on True --off False --batch-size 8 --rounds 10 --threads 2
+for m in cvt_13_224 vit_base_patch16_224; do
+    python benchmarks/switch_ab.py $m vitkit.kernels.attention NATIVE_ATTENTION --on True --off False \
+        --batch-size 8 --rounds 10 --threads 2
+done
 uptime
 # 2. scaling with image size, 224 -> 1024 px
 python benchmarks/scaling.py --threads 2 --budget 540 --max-seconds 40 --out "$OUT"

@@ -19,8 +19,8 @@ from vitkit.layers.fused import _autocast_on, is_tracing
 
 NATIVE_ATTENTION = True
 # keys x head width of one problem: up to here K and V of one head (2 x 256 KiB) stay in L2 while every block of
-# query rows streams over them. Beyond it SDPA's blocked kernel wins (ViT-B at 1024 px, 4097 keys: 8.9 s with the
-# kernel vs 8.2 s; CvT-13 at 1024 px, 16384 keys in stage 1: 4.7 s vs 3.8 s).
+# query rows streams over them. Beyond it SDPA's blocked kernel wins (CvT-13's stage 1 at 1024 px, 65536 queries x
+# 16384 keys: 3.09 s vs SDPA's 2.08 s; ViT-B at 1024 px, 4097 keys: 0.378 vs 0.359 s; par at 1025 keys).
 MAX_KEY_ELEMENTS = 65536
 
 _lib: ctypes.CDLL | None = None
