@@ -16,10 +16,6 @@ def fresh(monkeypatch, tmp_path):
     """An empty build cache and nothing loaded yet."""
     monkeypatch.setenv("VITKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(kernels, "_loaded", {})
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_tried", False)
-    monkeypatch.setattr(native_attention, "_lib", None)
-    monkeypatch.setattr(native_attention, "_tried", False)
     return tmp_path / "kernels"
 
 
@@ -72,11 +68,9 @@ def test_models_fall_back_without_the_kernel(fresh, monkeypatch, name, kw, modul
     monkeypatch.setenv("VITKIT_NATIVE", "0")
     with torch.no_grad():
         plain = model(x)
-    assert module._tried and module._lib is None  # asked, refused: the PyTorch path ran
-    monkeypatch.setattr(module, "_tried", False)
+    assert module.library() is None and not kernels._loaded  # refused before building: the PyTorch path ran
     monkeypatch.delenv("VITKIT_NATIVE")
-    monkeypatch.setattr(kernels, "_loaded", {})
     with torch.no_grad():
         fast = model(x)
-    assert module._lib is not None or kernels.compiler() is None
+    assert module.library() is not None or kernels.compiler() is None
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)

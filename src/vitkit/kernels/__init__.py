@@ -71,13 +71,20 @@ def _cpu_signature() -> str:
     return f"{platform.system()} {platform.machine()} {platform.processor()}\n{info}"
 
 
-def load(name: str) -> ctypes.CDLL | None:
-    """The compiled ``<name>.c`` of this package (built on first use), or None where it cannot be built."""
+def load(name: str, signatures: dict[str, list] | None = None) -> ctypes.CDLL | None:
+    """The compiled ``<name>.c`` of this package (built on first use), or None where it cannot be built.
+
+    ``signatures``: C argument types of the library's functions, set once when it is loaded (all return int).
+    """
     if not enabled() or os.name != "posix":
         return None
     with _lock:
         if name not in _loaded:
-            _loaded[name] = _build_and_load(name)
+            lib = _loaded[name] = _build_and_load(name)
+            for symbol, argtypes in (signatures or {}).items():
+                if lib is not None:
+                    getattr(lib, symbol).argtypes = argtypes
+                    getattr(lib, symbol).restype = ctypes.c_int
         return _loaded[name]
 
 

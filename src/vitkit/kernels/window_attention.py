@@ -1,7 +1,8 @@
 """Swin's (shifted) window attention as one native kernel for CPU float32 inference (``window_attention.c``).
 
-Measured on a 2-core AMD EPYC (AVX-512), batch 8, Swin-T's four stage shapes: 2.0-2.4x faster than SDPA on
-the windows plus the partition / reverse copies it replaces; whole model in benchmarks/README.md. Used only where
+Measured on a 2-core AMD EPYC (AVX-512), batch 8, Swin-T's stage shapes: 2.2-3.8x faster than SDPA on the
+windows plus the roll / partition / reverse copies it replaces (``benchmarks/kernels.py``), 1.16x on the whole
+Swin-T (benchmarks/README.md). Used only where
 nothing but rounding can differ from the PyTorch path: eval mode, autograd off, CPU float32 without autocast, not
 while tracing / compiling / exporting or under a dispatch mode (FLOP counting), not while attention maps are
 recorded, head width a multiple of 16. The profiler sees it as ``vitkit::window_attention``. Set
@@ -18,22 +19,14 @@ from vitkit.kernels import load
 from vitkit.layers.fused import _autocast_on, is_tracing
 
 NATIVE_WINDOW_ATTENTION = True
-MAX_TOKENS = 1024  # tokens per window (32 x 32); the scores of one window stay in L1 / L2 below that
+MAX_TOKENS = 1024  # tokens per window (32 x 32): a thread's scratch holds a window's scores, 4 MiB at this size
 
-_lib: ctypes.CDLL | None = None
-_tried = False
+_P, _I = ctypes.c_void_p, ctypes.c_int
+_SIGNATURE = {"vk_window_attention": [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, ctypes.c_float, _I]}
 
 
 def library() -> ctypes.CDLL | None:
-    global _lib, _tried
-    if not _tried:
-        lib = load("window_attention")
-        if lib is not None:
-            p, i = ctypes.c_void_p, ctypes.c_int
-            lib.vk_window_attention.argtypes = [p, p, p, i, i, i, i, i, i, i, i, ctypes.c_float, i]
-            lib.vk_window_attention.restype = i
-        _lib, _tried = lib, True
-    return _lib
+    return load("window_attention", _SIGNATURE)
 
 
 def padded_width(tokens: int) -> int:

@@ -22,10 +22,11 @@ ramps linearly over all blocks of all stages (0 at the first block, ``drop_path_
 the official code ramps within each stage with a per-stage maximum of (0, 0, 0.1), so stages 1-2
 never drop: with one global rate the early stages drop very little anyway).
 
-Speed: attention runs through SDPA; in eval mode each projection's BatchNorm is folded into its
-depthwise conv (cached, refreshed when any of the tensors involved changes); token maps are kept
-channels-last so (B, N, C) tokens become (B, C, H, W) maps and back without copies. In eval mode
-without autograd on CPU, GELU and the residual adds are fused into oneDNN matmuls (``vitkit.layers.fused``).
+Speed: attention runs through SDPA (CPU fp32 inference: vitkit.kernels.attention); in eval mode each
+projection's BatchNorm is folded into its depthwise conv (cached, refreshed when any of the tensors involved
+changes); token maps are kept channels-last so (B, N, C) tokens become (B, C, H, W) maps and back without
+copies. In eval mode without autograd on CPU, GELU and the residual adds are fused into oneDNN matmuls
+(``vitkit.layers.fused``).
 """
 
 import contextlib

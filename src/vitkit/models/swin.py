@@ -20,10 +20,10 @@ mask, the table index and the cyclic-shift index are built once per (resolution,
 and cached; one SDPA call per block covers every window of every image, with the bias + mask broadcast over
 the batch rather than copied. In eval mode without autograd on CPU float32, the whole window attention (shift,
 partition, softmax(q k^T + bias) v, reverse) is one native kernel when it could be built
-(``vitkit.kernels.window_attention``, the same numbers, ~2x faster than SDPA on 7 x 7 windows); bias, GELU and
-residual adds are fused into oneDNN matmuls (``vitkit.layers.fused``), and a stage with large activations runs
-over slices of the batch so that no temporary is big enough to be page-faulted in afresh on every call
-(``layers.micro_batch``).
+(``vitkit.kernels.window_attention``, the same numbers, 2-4x faster than SDPA + copies on 7 x 7 windows);
+bias, GELU and residual adds are fused into oneDNN matmuls (``vitkit.layers.fused``), and a stage with large
+activations runs over slices of the batch so that no temporary is big enough to be page-faulted in afresh on
+every call (``layers.micro_batch``).
 """
 
 import functools

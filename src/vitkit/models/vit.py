@@ -8,9 +8,9 @@ image (B, C, H, W)
 
 Attention cost grows with N^2, N = (H/patch) * (W/patch). Parameter names follow timm, so timm
 checkpoints load as they are; Hugging Face checkpoints are mapped in ``vitkit.convert.vit``.
-Any input whose sides are multiples of the patch size works: the position embedding is resampled
-bicubically to the new grid. Speed: one fused q/k/v matmul and SDPA; in eval mode without autograd
-on CPU, GELU and the residual adds are fused into oneDNN matmuls (``vitkit.layers.fused``).
+Any input whose sides are multiples of the patch size works: the position embedding is resampled bicubically
+to the new grid. Speed: one fused q/k/v matmul and SDPA (CPU fp32 inference: kernels.attention); in eval mode
+without autograd on CPU, GELU and the residual adds are fused into oneDNN matmuls (``vitkit.layers.fused``).
 """
 
 import math
