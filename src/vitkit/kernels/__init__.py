@@ -21,10 +21,28 @@ import threading
 import warnings
 from pathlib import Path
 
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from vitkit.layers.fused import _autocast_on, is_tracing
+
 _HERE = Path(__file__).parent
 _ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())  # the first one this compiler accepts
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def plain_cpu_inference(x: torch.Tensor) -> bool:
+    """What every kernel needs: CPU float32, autograd and autocast off, not tracing / compiling / exporting, and no
+    dispatch mode (FLOP counters, fake tensors) that must see the torch ops."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not _autocast_on()
+        and not is_tracing()
+        and _get_current_dispatch_mode() is None
+    )
 
 
 def enabled() -> bool:

@@ -12,10 +12,8 @@ ViT-B/16 up to 448 px; larger problems take SDPA). Set ``vitkit.kernels.attentio
 import ctypes
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from vitkit.kernels import load
-from vitkit.layers.fused import _autocast_on, is_tracing
+from vitkit.kernels import load, plain_cpu_inference
 
 NATIVE_ATTENTION = True
 # keys x head width of one problem: up to here K and V of one head (2 x 256 KiB) stay in L2 while every block of
@@ -36,16 +34,12 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """True when softmax(scale q k^T) v of these (B, heads, N, d) tensors may run through the kernel."""
     return (
         NATIVE_ATTENTION
-        and not torch.is_grad_enabled()
-        and q.device.type == "cpu"
-        and q.dtype == k.dtype == v.dtype == torch.float32
+        and plain_cpu_inference(q)
+        and k.dtype == v.dtype == torch.float32
         and q.dim() == 4
         and q.shape[-1] % 16 == 0
         and k.shape[-2] * k.shape[-1] <= MAX_KEY_ELEMENTS
         and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
-        and not _autocast_on()
-        and not is_tracing()
-        and _get_current_dispatch_mode() is None  # FLOP counters, fake tensors: they must see the torch ops
         and library() is not None
     )
 

@@ -13,10 +13,8 @@ import ctypes
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from vitkit.kernels import load
-from vitkit.layers.fused import _autocast_on, is_tracing
+from vitkit.kernels import load, plain_cpu_inference
 
 NATIVE_WINDOW_ATTENTION = True
 MAX_TOKENS = 1024  # tokens per window (32 x 32): a thread's scratch holds a window's scores, 4 MiB at this size
@@ -39,15 +37,10 @@ def usable(x: torch.Tensor, module: nn.Module, num_heads: int, window: int) -> b
     return (
         NATIVE_WINDOW_ATTENTION
         and not module.training
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and plain_cpu_inference(x)
         and (x.shape[-1] // num_heads) % 16 == 0
         and window * window <= MAX_TOKENS
         and not getattr(module, "record_attention", False)
-        and not _autocast_on()
-        and not is_tracing()
-        and _get_current_dispatch_mode() is None  # FLOP counters, fake tensors: they must see the torch ops
         and library() is not None
     )
 
