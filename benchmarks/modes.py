@@ -1,11 +1,11 @@
 """Accuracy cost and speed-up of vitkit's faster modes, measured on Fashion-MNIST.
 
 A small ViT is trained for a few epochs on a few thousand Fashion-MNIST images with a minimal loop (the real
-training engine lives elsewhere; this only needs a model whose predictions mean something), then the full
-10k test set is evaluated in every mode: fp32 eager (the reference), bf16 autocast, torch.compile, ONNX Runtime,
-dynamic int8 and pre-packed weights. Per mode: accuracy, its delta to fp32, how many predictions change, the
-largest logit difference, evaluation images/s (median of repeats, modes alternating) and setup time (export /
-quantise / compile).
+training engine lives elsewhere; this only needs a model whose predictions mean something), then the full 10k test
+set is evaluated in every mode: the reference model in fp32 (the baseline), ``vitkit.optimize`` (fp32 and bf16
+autocast), torch.compile, ONNX Runtime, dynamic int8 and pre-packed weights. Per mode: accuracy, its delta to fp32,
+how many predictions change, the largest logit difference, evaluation images/s (median of repeats, modes
+alternating) and setup time (export / quantise / compile).
 
     python benchmarks/modes.py --threads 2 --out benchmarks/results
 
@@ -13,6 +13,7 @@ Data: the gzipped IDX files in /work/shared/data/fashion-mnist/ (or --data DIR).
 """
 
 import argparse
+import datetime
 import gzip
 import statistics
 import struct
@@ -24,11 +25,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import vitkit
-from vitkit.tools import bench
+from vitkit.bench import contenders as bench
+from vitkit.bench.machine import cpu_supports_bf16, device_tag, load_avg, machine_info
+from vitkit.cli.bench import _csv, _override
+from vitkit.factory import create_model
 from vitkit.utils.io import atomic_write_json, atomic_write_text
 
 DATA = Path("/work/shared/data/fashion-mnist")
+SPECS = {  # row name: (vitkit mode, dtype); "fp32" is the reference model, the baseline of every ratio
+    "fp32": ("reference", "fp32"),
+    "optimized": ("optimized", "fp32"),
+    "bf16": ("optimized", "bf16"),
+    "compile": ("compile", "fp32"),
+    "onnx": ("onnx", "fp32"),
+    "int8": ("int8", "fp32"),
+    "packed": ("packed", "fp32"),
+}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -86,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--model", default="vit_nano_patch4_28")
-    p.add_argument("--set", type=bench._override, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--train-images", type=int, default=10000)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -95,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed passes per mode")
     p.add_argument("--timing-images", type=int, default=2000, help="test images per timed pass")
-    p.add_argument("--modes", type=bench._csv(("fp32", "bf16", "compile", "onnx", "int8", "packed")),
-                   default=("fp32", "bf16", "compile", "onnx", "int8", "packed"))  # fmt: skip
+    p.add_argument("--modes", type=_csv(tuple(SPECS)), default=tuple(SPECS))
     p.add_argument("--out", default=None, help="directory for modes_fashion_mnist_<device>_<date>.json/.md")
     args = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cpu")
     # 7x7 patches -> 16 tokens: small enough to train in a couple of minutes on 2 cores
     overrides = dict(args.set) or {"patch_size": 7, "embed_dim": 96, "depth": 4, "num_heads": 4}
-    model = vitkit.create_model(args.model, num_classes=10, **overrides)
+    model = create_model(args.model, num_classes=10, **overrides)
     mean, std = model.config.mean[0], model.config.std[0]
     xtr, ytr = load_split(args.data, "train", mean, std)
     xte, yte = load_split(args.data, "test", mean, std)
@@ -115,24 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     train(model, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log=log)
     train_s = time.perf_counter() - t0
 
-    specs = {
-        "fp32": ("eager", "fp32"),
-        "bf16": ("eager", "bf16"),
-        "compile": ("compile", "fp32"),
-        "onnx": ("onnx", "fp32"),
-        "int8": ("int8", "fp32"),
-        "packed": ("packed", "fp32"),
-    }
     contenders = {}
     for key in args.modes:
-        mode, dtype = specs[key]
-        wrapped, setup = bench.make_mode(model, mode, threads=args.threads, input_size=(1, 28, 28))
+        mode, dtype = SPECS[key]
+        wrapped, setup, _ = bench.make_mode(model, mode, threads=args.threads, input_size=(1, 28, 28))
         c = bench.Contender(key, "vitkit", mode, dtype, wrapped, trainable=False, setup_s=setup)
         t0 = time.perf_counter()
         bench.infer_step(c, xte[: args.eval_batch_size], dev)  # compile happens here
         c.setup_s += time.perf_counter() - t0
         contenders[key] = c
-    if "bf16" in contenders and not bench.cpu_supports_bf16():
+    if "bf16" in contenders and not cpu_supports_bf16():
         log("note: this CPU has no native bf16; bf16 autocast is emulated")
 
     # accuracy: one pass over the whole test set per mode; speed: modes alternate over the first
@@ -167,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         log(f"{k:<8} acc {acc:.4f}  {row['eval_img_per_s']:.0f} img/s  setup {row['setup_s']:.1f} s")
 
-    info = bench.machine_info(dev)
+    info = machine_info(dev)
     result = {
-        "schema": "vitkit.bench.modes/1",
-        "created": bench._dt.datetime.now(bench._dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": info | {"load_avg_after": bench.load_avg()},
+        "schema": "vitkit.bench.modes/2",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": info | {"load_avg_after": load_avg()},
         "settings": vars(args) | {"data": str(args.data), "overrides": overrides, "set": None},
         "model": {"name": args.model, "params": model.num_params(), "train_s": round(train_s, 1)},
         "test_images": len(xte),
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        path = Path(args.out) / f"modes_fashion_mnist_{bench.device_tag(info)}_{result['created'][:10]}.json"
+        path = Path(args.out) / f"modes_fashion_mnist_{device_tag(info)}_{result['created'][:10]}.json"
         atomic_write_json(path, result)
         atomic_write_text(path.with_suffix(".md"), text)
         print(f"wrote {path}")

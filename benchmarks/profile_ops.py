@@ -1,4 +1,5 @@
-"""Where the time goes: torch.profiler op tables for vitkit and transformers on the same model and weights.
+"""Where the time goes: torch.profiler op tables for vitkit (optimized and reference) and transformers on the same
+model and weights.
 
     python benchmarks/profile_ops.py swin_tiny_patch4_window7_224 --threads 2 --batch-size 8 --task infer
 
@@ -13,7 +14,9 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vitkit.tools import bench
+from vitkit.bench import TASKS
+from vitkit.bench import contenders as bench
+from vitkit.engine import optimize
 
 GROUPS = {  # first match wins
     "attention": ("scaled_dot_product", "softmax", "bmm", "baddbmm", "vitkit::"),  # vitkit:: = native kernels
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--task", choices=bench.TASKS, default="infer")
+    p.add_argument("--task", choices=TASKS, default="infer")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--full", action="store_true", help="print the per-op tables too")
     args = p.parse_args(argv)
@@ -59,11 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cpu")
     vk, hf = bench.build_hf_pair(args.model, None, {})
     input_size = tuple(vk.data_config["input_size"])
-    x, y = bench._inputs(args.batch_size, input_size, vk.config.num_classes, dev)
+    x, y = bench.inputs(args.batch_size, input_size, vk.config.num_classes, dev)
     contenders = [
-        bench.Contender("vitkit", "vitkit", "eager", "fp32", vk.eval()),
+        bench.Contender("vitkit[reference]", "vitkit", "reference", "fp32", vk.eval()),
         bench.Contender("transformers", "transformers", "eager", "fp32", hf.eval()),
     ]
+    if args.task == "infer":  # an optimized model is inference-only
+        contenders.insert(0, bench.Contender("vitkit", "vitkit", "optimized", "fp32", optimize(vk)))
     if args.task == "infer":
         step = lambda c: bench.infer_step(c, x, dev)
     else:
@@ -76,12 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"## {c.name}\n{table}", file=sys.stderr)
     names = sorted(set().union(*results.values()), key=lambda g: -results["transformers"].get(g, 0))
     print(f"### {args.model} · {args.task} · batch {args.batch_size} · {args.threads} threads · ms/step (self time)")
-    print("\n| op group | vitkit ms | transformers ms | difference ms |\n|---|---:|---:|---:|")
-    for g in names:
-        a, b = results["vitkit"].get(g, 0.0), results["transformers"].get(g, 0.0)
-        print(f"| {g} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
-    ta, tb = sum(results["vitkit"].values()), sum(results["transformers"].values())
-    print(f"| **total** | {ta:.1f} | {tb:.1f} | {ta - tb:+.1f} |")
+    cols = [c.name for c in contenders]
+    print("\n| op group | " + " | ".join(f"{n} ms" for n in cols) + " |\n|---|" + "---:|" * len(cols))
+    for g in [*names, "**total**"]:
+        ms = [sum(results[n].values()) if g == "**total**" else results[n].get(g, 0.0) for n in cols]
+        print(f"| {g} | " + " | ".join(f"{v:.1f}" for v in ms) + " |")
     return 0
 
 

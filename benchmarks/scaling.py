@@ -15,6 +15,7 @@ pass needs on top of the weights); ``peak_mb`` = peak - RSS after imports (weigh
 """
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -31,15 +32,17 @@ DEFAULT_SIZES = [224, 320, 448, 640, 896, 1024]
 def child(model_name: str, size: int, threads: int, repeats: int) -> dict:
     import torch
 
-    import vitkit
-    from vitkit.tools import bench
-    from vitkit.tools.flops import count_flops
+    from vitkit.bench import memory
+    from vitkit.engine import optimize
+    from vitkit.eval.flops import count_flops
+    from vitkit.factory import create_model
 
     torch.set_num_threads(threads)
-    base = bench._rss_kb()
-    model = vitkit.create_model(model_name, img_size=size).eval()
-    built = bench._rss_kb()
-    bench._reset_hwm()
+    base = memory._rss_kb()
+    reference = create_model(model_name, img_size=size).eval()
+    model = optimize(reference, inplace=True)
+    built = memory._rss_kb()
+    memory._reset_hwm()
     x = torch.randn(1, model.config.in_chans, size, size)
     times = []
     with torch.inference_mode():
@@ -47,7 +50,7 @@ def child(model_name: str, size: int, threads: int, repeats: int) -> dict:
             t0 = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - t0)
-    hwm = bench._hwm_kb()
+    hwm = memory._hwm_kb()
     flops = count_flops(model, (model.config.in_chans, size, size))
     return {
         "model": model_name,
@@ -129,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(name, size, threads, repeats)))
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from vitkit.registry import list_models
-    from vitkit.tools import bench
+    from vitkit.bench import machine as bench
+    from vitkit.models.registry import list_models
     from vitkit.utils.io import atomic_write_json, atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     info = bench.machine_info(torch.device("cpu"))
     result = {
         "schema": "vitkit.bench.scaling/1",
-        "created": bench._dt.datetime.now(bench._dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": info | {"load_avg_after": bench.load_avg()},
         "settings": vars(args),
         "rows": rows,

@@ -137,8 +137,17 @@ def test_unknown_source_and_offline_hub(tmp_path, monkeypatch):
         vitkit.from_pretrained(tmp_path / "does-not-exist")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    with pytest.raises(VitkitError, match="could not fetch 'hf-hub:google/vit-base-patch16-224'.*offline"):
+    with pytest.raises(VitkitError, match="could not fetch 'hf-hub:google/vit-base-patch16-224'") as err:
         vitkit.from_pretrained("hf-hub:google/vit-base-patch16-224")
+    assert "HF_HUB_OFFLINE is set" in str(err.value) and "set HF_HUB_OFFLINE=1" not in str(err.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.snapshot_download", _no_network, raising=False)
+    with pytest.raises(VitkitError, match="set HF_HUB_OFFLINE=1 to use the local cache"):
+        vitkit.from_pretrained("hf-hub:google/vit-base-patch16-224")
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("network is unreachable")
 
 
 def test_registered_name_uses_its_hub_id(tmp_path, monkeypatch):

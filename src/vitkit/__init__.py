@@ -1,12 +1,18 @@
-"""vitkit: ViT, Swin Transformer and CvT from first principles in PyTorch."""
+"""vitkit: ViT, Swin Transformer and CvT from first principles in PyTorch.
 
-__version__ = "0.1.0"
+Layers, bottom to top (each imports only from the ones below it; ``tests/test_layering.py`` keeps it so):
+``errors`` / ``settings`` / ``utils`` / ``version`` -> ``kernels`` -> ``layers`` -> ``models`` -> ``convert`` ->
+``hub`` / ``factory`` -> ``data`` -> ``engine`` -> ``eval`` -> ``train`` -> ``export`` / ``predict`` -> ``bench`` ->
+``cli``. This file only gathers the public API.
+"""
 
-from vitkit import models  # noqa: F401  (registers every model)
+from vitkit.engine import is_optimized, optimize
 from vitkit.errors import CheckpointError, VitkitError
+from vitkit.factory import create_model
 from vitkit.hub import from_pretrained, save_pretrained
 from vitkit.layers.attention import AttentionMap, get_attention_maps
-from vitkit.registry import create_model, list_models
+from vitkit.models.registry import list_models
+from vitkit.version import __version__
 
 __all__ = [
     "AttentionMap",
@@ -16,6 +22,8 @@ __all__ = [
     "create_model",
     "from_pretrained",
     "get_attention_maps",
+    "is_optimized",
     "list_models",
+    "optimize",
     "save_pretrained",
 ]

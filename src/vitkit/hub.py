@@ -4,30 +4,34 @@
   * a local directory in transformers format (``config.json`` with ``model_type``),
   * a local directory in timm's hub format (``config.json`` with ``architecture``),
   * a directory written by :func:`save_pretrained` (``config.json`` with a ``vitkit`` section),
+  * a training run directory (its ``final/``, else ``best/``, else ``last/`` checkpoint),
   * ``hf-hub:org/name[@revision]`` (downloaded with ``huggingface_hub``),
   * a registered model name that has a default hub id (``vit_base_patch16_224``).
-Weights come from ``model.safetensors`` (also sharded) or ``pytorch_model.bin``; pickles are only read
-with ``torch.load(weights_only=True)``, which refuses to run code.
+Weights come from ``model.safetensors`` (also sharded) or ``pytorch_model.bin``; pickles are only read with
+``torch.load(weights_only=True)``, which refuses to run code. Every problem with a file is a
+:class:`~vitkit.errors.CheckpointError` naming the file and the key or field.
 """
 
 import dataclasses
 import json
 import os
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from vitkit.convert import HF_CONVERTERS, TIMM_CONVERTERS
+from vitkit.convert import HF_CONVERTERS, TIMM_CONVERTERS, VITKIT_UPGRADES
 from vitkit.errors import CheckpointError, VitkitError
-from vitkit.registry import build_model, family_of_config, get_entry, get_family, replace_config
+from vitkit.models.registry import family_of_config, get_entry, get_family, model_from_config, replace_config
 from vitkit.utils.io import atomic_save_safetensors, atomic_write_json
+from vitkit.version import __version__
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+RUN_SUBDIRS = ("final", "best", "last")  # what `vitkit train` writes, in order of preference
 _WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -50,10 +54,16 @@ def _download(repo: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, gated repo: all end here
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
+        hint = (
+            "HF_HUB_OFFLINE is set, so only the local cache was searched and the repository is not in it"
+            if offline
+            else "if this machine is offline, set HF_HUB_OFFLINE=1 to use the local cache"
+        )
         raise VitkitError(
             f"could not fetch 'hf-hub:{repo}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}). "
-            "If this machine is offline, download the repository elsewhere (huggingface-cli download "
-            f"{repo_id}) and pass the local directory, or set HF_HUB_OFFLINE=1 to use the local cache."
+            f"Download the repository elsewhere (huggingface-cli download {repo_id}) and pass the local directory; "
+            f"{hint}."
         ) from None
 
 
@@ -66,7 +76,15 @@ def resolve_source(source: str | os.PathLike) -> Path:
     if path.is_file():
         path = path.parent  # a weights file or config.json: use the directory around it
     if path.is_dir():
-        return path
+        if (path / CONFIG_NAME).is_file():
+            return path
+        for sub in RUN_SUBDIRS:  # a training run: its final, best or last checkpoint
+            if (path / sub / CONFIG_NAME).is_file():
+                return path / sub
+        raise CheckpointError(
+            f"{path}: no {CONFIG_NAME} here, nor a {', '.join(f'{s}/' for s in RUN_SUBDIRS)} checkpoint inside "
+            "(pass a checkpoint directory, a training output_dir, or hf-hub:org/name)"
+        )
     try:
         entry = get_entry(s)
     except VitkitError:
@@ -81,9 +99,14 @@ def read_config(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {CONFIG_NAME} (need a transformers, timm or vitkit checkpoint)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object at the top level, got {type(value).__name__}")
+    return value
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
@@ -94,7 +117,30 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e}); is the file complete?") from None
     except Exception as e:  # an unpickler refusal ends here, never executes anything
-        raise CheckpointError(f"{path}: refused to load ({type(e).__name__}: {e})") from None
+        first = str(e).split(". ")[0].splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"{path}: refused to load: the pickle holds something other than tensors ({type(e).__name__}: {first}). "
+            "vitkit reads pickles only through torch.load(weights_only=True); convert the file to safetensors "
+            "where you trust it"
+        ) from None
+
+
+def _shard_names(index_path: Path, directory: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` names, each a plain file inside ``directory``."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{index_path}: not a readable JSON index ({e})") from None
+    except (KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{index_path}: expected an object with a 'weight_map' of tensor -> file name") from None
+    shards = []
+    for name in names:
+        if not isinstance(name, str) or PurePath(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{index_path}: weight_map names {name!r}, not a file inside {directory}")
+        shards.append(directory / name)
+    return shards
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -103,50 +149,69 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         if not path.is_file():
             continue
         if name.endswith(".index.json"):
-            index = json.loads(path.read_text())
             sd: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(index["weight_map"].values())):
-                sd.update(_load_file(directory / shard))
+            for shard in _shard_names(path, directory):
+                sd.update(_load_file(shard))
             return sd
         sd = _load_file(path)
-        if "state_dict" in sd and isinstance(sd["state_dict"], dict):  # a training-style pickle
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):  # a training-style pickle
             sd = sd["state_dict"]
+        if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+            raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
         return sd
     raise CheckpointError(f"{directory}: no weights file (looked for {', '.join(_WEIGHT_FILES)})")
 
 
-def _config_from_vitkit(meta: dict[str, Any]) -> Any:
-    family = get_family(meta["family"])
+def config_from_vitkit(meta: Any, path: Path) -> Any:
+    """The config a vitkit ``config.json`` records (older field names upgraded), or an error naming the field."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path}: the 'vitkit' section needs a 'family' and a 'config' object")
+    try:
+        family = get_family(str(meta.get("family")))
+    except VitkitError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    raw = dict(meta["config"])
+    if str(meta.get("version", "0.1.0")).startswith("0.1.") and family.name in VITKIT_UPGRADES:
+        raw = VITKIT_UPGRADES[family.name](raw)
     fields = {f.name for f in dataclasses.fields(family.config_cls)}
-    raw = meta["config"]
     unknown = sorted(set(raw) - fields)
     if unknown:
-        raise CheckpointError(f"checkpoint config has unknown {family.name} fields: {', '.join(unknown)}")
-    # JSON turns tuples into lists; a frozen config wants them back (hashable, comparable)
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    return family.config_cls(**values)
+        raise CheckpointError(f"{path}: unknown {family.name} config field(s) {', '.join(map(str, unknown))}")
+    try:
+        return family.config_cls(**raw)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid {family.name} config: {e}") from None
 
 
 def _convert(directory: Path, cfg_json: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor], Any, str | None]:
     """Pick the format from config.json (before touching the weights), then read and convert them."""
+    path = directory / CONFIG_NAME
     if "vitkit" in cfg_json:
         meta = cfg_json["vitkit"]
-        config = _config_from_vitkit(meta)
-        return config, read_weights(directory), cfg_json.get("class_names"), meta.get("model_name")
+        config = config_from_vitkit(meta, path)
+        names = cfg_json.get("class_names")
+        name = meta.get("model_name")
+        return config, read_weights(directory), names, name if isinstance(name, str) else None
     if "model_type" in cfg_json:
         mt = cfg_json["model_type"]
         if mt not in HF_CONVERTERS:
-            raise CheckpointError(f"{directory}: transformers model_type {mt!r} is not one of {sorted(HF_CONVERTERS)}")
-        cfg, sd, names = HF_CONVERTERS[mt](cfg_json, read_weights(directory))
-        return cfg, sd, names, None
-    if "architecture" in cfg_json:
-        arch = cfg_json["architecture"]
-        conv = next((f for p, f in TIMM_CONVERTERS.items() if arch.startswith(p)), None)
-        if conv is None:
-            raise CheckpointError(f"{directory}: timm architecture {arch!r} is not a ViT/Swin/CvT vitkit knows")
-        cfg, sd, names = conv(cfg_json, read_weights(directory))
-        return cfg, sd, names, arch.split(".")[0]
-    raise CheckpointError(f"{directory / CONFIG_NAME}: no 'model_type', 'architecture' or 'vitkit' key")
+            raise CheckpointError(f"{path}: transformers model_type {mt!r} is not one of {sorted(HF_CONVERTERS)}")
+        convert, name = HF_CONVERTERS[mt], None
+    elif "architecture" in cfg_json:
+        arch = str(cfg_json["architecture"])
+        convert = next((f for p, f in TIMM_CONVERTERS.items() if arch.startswith(p)), None)
+        if convert is None:
+            raise CheckpointError(f"{path}: timm architecture {arch!r} is not a ViT/Swin/CvT vitkit knows")
+        name = arch.split(".")[0]
+    else:
+        raise CheckpointError(f"{path}: no 'model_type', 'architecture' or 'vitkit' key")
+    try:
+        cfg, sd, names = convert(cfg_json, read_weights(directory))
+    except CheckpointError as e:
+        raise CheckpointError(str(e) if str(directory) in str(e) else f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field of the wrong kind in config.json
+        raise CheckpointError(f"{path}: unexpected content ({type(e).__name__}: {e})") from None
+    return cfg, sd, names, name
 
 
 def load_state_dict_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
@@ -180,6 +245,12 @@ def _registered_entry(source: str | os.PathLike) -> Any:
         return None
 
 
+def _class_names(names: Any, num_classes: int) -> list[str] | None:
+    if isinstance(names, list) and len(names) == num_classes:
+        return [str(n) for n in names]
+    return None
+
+
 def from_pretrained(
     source: str | os.PathLike,
     *,
@@ -209,7 +280,7 @@ def from_pretrained(
     } | overrides
     new_head = num_classes is not None and num_classes != cfg.num_classes
     cfg = replace_config(cfg, **changes)
-    model = build_model(cfg, name)
+    model = model_from_config(cfg, name)
     if new_head:
         head = {k for k in model.state_dict() if k.startswith("head.")}
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
@@ -224,15 +295,12 @@ def from_pretrained(
         own = model.state_dict()
         sd.update({k: own[k] for k in own if k.startswith("head.")})
     load_state_dict_checked(model, sd, str(source))
-    if class_names is not None and len(class_names) == cfg.num_classes:
-        model.class_names = list(class_names)
+    model.class_names = _class_names(class_names, cfg.num_classes)
     return model.eval()
 
 
 # --- writing -------------------------------------------------------------------------------------
 def checkpoint_config(model: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    from vitkit import __version__
-
     family = family_of_config(model.config)
     return {
         "vitkit": {

@@ -1,31 +1,22 @@
 """Classify image files: paths, folders or glob patterns -> top-k classes with their names.
 
-Every file is read on its own, so one unreadable file gives an error for that file and the others still
-get their answers. Images are prepared the way the model's ``data_config`` says (the evaluation
-pipeline: resize the shorter side to size / crop_pct, centre crop, normalise with the model's mean/std).
+Every file is read on its own, so one unreadable file gives an error for that file and the others still get their
+answers. Images go through the one evaluation pipeline (:func:`vitkit.data.transforms.eval_image`, the same tensors
+as ``vitkit eval`` and training validation make for the same file), as the model's ``data_config`` says.
 """
 
 import glob
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
+from vitkit.data.images import IMAGE_EXTENSIONS, open_image
+from vitkit.data.transforms import DataSpec, eval_image
 from vitkit.errors import VitkitError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm")
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
 
 @dataclass
@@ -71,47 +62,9 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
     return unique, missing
 
 
-def load_image(path: str | os.PathLike, data_config: dict[str, Any]) -> torch.Tensor:
-    """Read one image and prepare it as the model's evaluation pipeline does: (C, H, W) float."""
-    in_chans = data_config["input_size"][0]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    rgba = im.convert("RGBA")
-                    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # alpha over white
-                    im = Image.alpha_composite(background, rgba)
-                im = im.convert("L" if in_chans == 1 else "RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise VitkitError(f"refused: {e}") from None
-    except Exception as e:  # UnidentifiedImageError, truncated data, OSError ...
-        raise VitkitError(f"cannot read image ({type(e).__name__}: {e})") from None
-    return prepare_image(im, data_config)
-
-
-def prepare_image(im: Image.Image, data_config: dict[str, Any], normalize: bool = True) -> torch.Tensor:
-    """The evaluation pipeline on a PIL image already in the model's mode (L or RGB): (C, H, W) float."""
-    in_chans, height, width = data_config["input_size"]
-    crop_pct = float(data_config.get("crop_pct") or 1.0)
-    resample = _RESAMPLE.get(str(data_config.get("interpolation", "bicubic")), Image.Resampling.BICUBIC)
-    # resize so the centre crop of (height, width) covers crop_pct of the shorter side
-    scale = max(height, width) / crop_pct / min(im.size)
-    new_w, new_h = max(width, round(im.size[0] * scale)), max(height, round(im.size[1] * scale))
-    if (new_w, new_h) != im.size:
-        im = im.resize((new_w, new_h), resample)
-    left, top = (new_w - width) // 2, (new_h - height) // 2
-    im = im.crop((left, top, left + width, top + height))
-    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
-    x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (C, H, W)
-    if in_chans == 3 and x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
-    if not normalize:
-        return x.contiguous()
-    mean = torch.tensor(data_config["mean"], dtype=torch.float32).reshape(-1, 1, 1)
-    std = torch.tensor(data_config["std"], dtype=torch.float32).reshape(-1, 1, 1)
-    return (x - mean) / std
+def load_image(path: str | os.PathLike, spec: DataSpec) -> torch.Tensor:
+    """Read one image file and prepare it as the model's evaluation pipeline does: (C, H, W) float."""
+    return eval_image(open_image(path), spec)
 
 
 def class_name(model: Any, index: int) -> str:
@@ -133,7 +86,7 @@ def predict(
         raise VitkitError(f"topk must be >= 1 (got {topk})")
     files, failed = expand_inputs(inputs)
     model.eval().to(device)
-    data_config = model.data_config
+    spec = DataSpec.from_model(model)
     results: dict[str, Prediction] = {}
     batch: list[tuple[str, torch.Tensor]] = []
 
@@ -141,10 +94,15 @@ def predict(
         if not batch:
             return
         x = torch.stack([t for _, t in batch]).to(device)
-        probs = model(x).float().softmax(dim=-1).cpu()
+        logits = model(x).float().cpu()
+        finite = torch.isfinite(logits).all(dim=-1)
+        probs = logits.softmax(dim=-1)
         k = min(topk, probs.shape[-1])
         values, indices = probs.topk(k, dim=-1)
-        for (path, _), vals, idxs in zip(batch, values, indices, strict=True):
+        for (path, _), vals, idxs, ok in zip(batch, values, indices, finite, strict=True):
+            if not ok:
+                results[path] = Prediction(path, error="the model produced NaN/inf logits; its weights are broken")
+                continue
             results[path] = Prediction(
                 path, [(int(i), class_name(model, int(i)), float(v)) for v, i in zip(vals, idxs, strict=True)]
             )
@@ -152,9 +110,9 @@ def predict(
 
     for path in files:
         try:
-            batch.append((path, load_image(path, data_config)))
+            batch.append((path, load_image(path, spec)))
         except VitkitError as e:
-            results[path] = Prediction(path, error=str(e))
+            results[path] = Prediction(path, error=str(e).removeprefix(f"{path}: "))
         if len(batch) >= batch_size:
             flush()
     flush()

@@ -6,13 +6,12 @@ import sys
 import pytest
 
 import vitkit.cli
-from vitkit.tools import malloc
 
 
 @pytest.fixture
 def calls(monkeypatch):
     seen = []
-    monkeypatch.setattr(malloc, "set_malloc", lambda preset: seen.append(preset) or True)
+    monkeypatch.setattr(vitkit.cli, "set_malloc", lambda preset: seen.append(preset) or True)
     monkeypatch.setattr(vitkit.cli, "main", lambda argv=None: 0)
     return seen
 

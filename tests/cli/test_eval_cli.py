@@ -142,9 +142,10 @@ def test_python_dash_m_vitkit():
 
 
 def test_image_helpers_keep_aspect(tmp_path):
+    from vitkit.data import DataSpec
     from vitkit.predict import load_image
 
     path = tmp_path / "wide.png"
     Image.new("L", (120, 60), 255).save(path)
-    x = load_image(path, {"input_size": (1, 28, 28), "mean": (0.5,), "std": (0.5,), "crop_pct": 1.0})
+    x = load_image(path, DataSpec((28, 28), 1, (0.5,), (0.5,), crop_pct=1.0))
     assert x.shape == (1, 28, 28) and float(x.min()) == pytest.approx(1.0)

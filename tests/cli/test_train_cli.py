@@ -1,7 +1,6 @@
 """`vitkit train / demo / compare`, settings files and the error contract, in-process through `main`."""
 
 import json
-import sys
 
 import pytest
 
@@ -111,19 +110,9 @@ def test_compare_skips_unregistered_names(tmp_path, capsys):
 
 def test_default_compare_models_cover_each_registered_family(capsys):
     from vitkit.cli.compare import default_models
-    from vitkit.registry import get_entry
+    from vitkit.models.registry import get_entry
 
     chosen = default_models()
     assert "vit_nano_patch4_28" in chosen
     assert len({get_entry(n).family for n in chosen}) == len(chosen)
     assert all(n.endswith("_28") for n in chosen)
-
-
-def test_bench_and_export_missing_module_is_one_line(monkeypatch, capsys):
-    for name in ("bench", "export"):
-        monkeypatch.setitem(sys.modules, f"vitkit.tools.{name}", None)  # as if not installed
-        one_line_error(capsys, main([name, "--anything"]), f"vitkit.tools.{name}")
-    import types
-
-    monkeypatch.setitem(sys.modules, "vitkit.tools.export", types.ModuleType("vitkit.tools.export"))  # no entry points
-    one_line_error(capsys, main(["export"]), "vitkit.tools.export has no add_arguments / run")

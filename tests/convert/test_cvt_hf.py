@@ -7,6 +7,7 @@ import vitkit
 from tests.conftest import randomize_
 from vitkit.convert.cvt import config_from_hf
 from vitkit.errors import CheckpointError
+from vitkit.models.registry import get_entry, replace_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -54,7 +55,10 @@ def test_logits_match_transformers(hf_default, batch, size):
 
 def test_mean_pooling_no_qkv_bias_and_class_names(tmp_path):
     hf = _hf_cvt(
-        tmp_path, cls_token=[False, False, False], qkv_bias=[True, False, True], id2label={i: f"c{i}" for i in range(7)}
+        tmp_path,
+        cls_token=[False, False, False],
+        qkv_bias=[False, False, False],
+        id2label={i: f"c{i}" for i in range(7)},
     )
     model = vitkit.from_pretrained(tmp_path / "hf")
     assert model.class_names == [f"c{i}" for i in range(7)]
@@ -65,6 +69,13 @@ def test_mean_pooling_no_qkv_bias_and_class_names(tmp_path):
         tokens = hf.cvt(pixel_values=x).last_hidden_state.flatten(2).transpose(1, 2)  # (B, N, D)
         ref = hf.classifier(hf.layernorm(tokens).mean(dim=1))
         torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_per_stage_values_vitkit_keeps_uniform_are_a_clear_error(tmp_path):
+    """Every released CvT uses one qkv_bias / mlp_ratio and a [CLS] token only in the last stage."""
+    _hf_cvt(tmp_path, qkv_bias=[True, False, True])
+    with pytest.raises(CheckpointError, match=r"config.json: CvT config qkv_bias=\[True, False, True\]"):
+        vitkit.from_pretrained(tmp_path / "hf")
 
 
 def test_grayscale_adaptation_sums_the_stem_filters(hf_default):
@@ -99,8 +110,8 @@ def test_backbone_checkpoint(tmp_path):
 
 def test_config_reading():
     cfg = config_from_hf({"model_type": "cvt", "num_labels": 1000, "layer_norm_eps": 1e-12})
-    cvt_13 = vitkit.registry.get_entry("cvt_13_224").config  # transformers' defaults are CvT-13
-    assert cfg == vitkit.registry.replace_config(cvt_13, drop_path_rate=0.1)  # its training default
+    cvt_13 = get_entry("cvt_13_224").config  # transformers' defaults are CvT-13
+    assert cfg == replace_config(cvt_13, drop_path_rate=0.1)  # its training default
     w24 = config_from_hf({"embed_dim": [192, 768, 1024], "num_heads": [3, 12, 16], "depth": [2, 2, 20]})
     assert w24.img_size == 384 and w24.crop_pct == 1.0 and w24.drop_path_rate == pytest.approx(0.1)
     with pytest.raises(CheckpointError, match="kernel_qkv"):

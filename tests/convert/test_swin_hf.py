@@ -139,7 +139,7 @@ def test_transformers_4_clamped_tables_load(tmp_path):
     table = model.state_dict()["layers.2.blocks.0.attn.relative_position_bias_table"]
     assert table.shape == (49, 4)
     torch.testing.assert_close(table.view(7, 7, 4)[2:5, 2:5].reshape(9, 4), sd[key])
-    bias = model.layers[2].blocks[0].attn.attn_bias(2, 2, 2, 0)  # the 2x2 window reads exactly those rows
+    bias = model.layers[2].blocks[0].attn.relative_position_bias(2)  # the 2x2 window reads exactly those rows
     torch.testing.assert_close(
         bias.permute(1, 2, 0).reshape(16, 4), sd[key][vitkit.models.swin.relative_position_index(2).flatten()]
     )

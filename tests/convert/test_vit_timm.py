@@ -2,7 +2,7 @@
 
 tests/fixtures/timm/<name>/ holds what ``timm.models.save_for_hf`` wrote for a tiny random-weight timm
 ViT (config.json + model.safetensors) and timm's logits on fixed inputs (io.safetensors), made by
-tools/make_timm_fixtures.py; see tests/fixtures/timm/README.md.
+scripts/make_timm_fixtures.py; see tests/fixtures/timm/README.md.
 """
 
 import json

@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vitkit.data import DataSpec, Loader, PILTransform, build_dataset, match_channels, mixup_cutmix
+from vitkit.data import DataSpec, Loader, PILTransform, build_dataset, mixup_cutmix
 from vitkit.data.datasets import FileDataset
 from vitkit.data.transforms import OP_NAMES, pil_op, tensor_eval_transform, tensor_op, tensor_train_transform
 from vitkit.errors import VitkitError
+from vitkit.models.config import match_channels
 
 SPEC16 = DataSpec((16, 16), 1, (0.5,), (0.5,), "bilinear", 1.0)
 
@@ -17,7 +18,7 @@ def test_match_channels():
     assert match_channels((0.5,), (0.25,), 3) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     mean, std = match_channels((0.1, 0.2, 0.3), (0.2, 0.2, 0.2), 1)
     assert mean == pytest.approx((0.2,)) and std == pytest.approx((0.2,))
-    with pytest.raises(VitkitError):
+    with pytest.raises(ValueError):
         match_channels((0.1, 0.2), (0.1, 0.2), 3)
 
 

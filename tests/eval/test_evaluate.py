@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.data import ArrayDataset, build_dataset
+from vitkit.data import ArrayDataset, DataSpec, build_dataset
+from vitkit.data.transforms import array_eval_batch
 from vitkit.errors import VitkitError
-from vitkit.eval.evaluate import _array_batch, evaluate, most_confident_mistakes, write_eval_outputs
+from vitkit.eval.evaluate import evaluate, most_confident_mistakes, write_eval_outputs
 
 
 def _tiny(num_classes=10, **kw):
@@ -38,11 +39,10 @@ def test_in_memory_and_file_pipelines_agree(tmp_path):
 
 def test_array_batch_resizes_and_converts_channels():
     images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
-    cfg = {"input_size": (3, 56, 56), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
-    x = _array_batch(images, cfg)
+    x = array_eval_batch(images, DataSpec((56, 56), 3, (0.5,) * 3, (0.5,) * 3, crop_pct=1.0))
     assert x.shape == (4, 3, 56, 56) and torch.equal(x[:, 0], x[:, 2])
     rgb = np.stack([images] * 3, axis=-1)  # (N, H, W, 3) grey -> luma equals the grey value
-    gray = _array_batch(rgb, {"input_size": (1, 28, 28), "mean": (0.0,), "std": (1.0,)}, normalize=True)
+    gray = array_eval_batch(rgb, DataSpec((28, 28), 1, (0.0,), (1.0,), crop_pct=1.0))
     assert torch.allclose(gray[:, 0], torch.from_numpy(images).float() / 255, atol=1e-5)
 
 

@@ -1,15 +1,14 @@
-"""The native window-attention kernel: the same numbers as the PyTorch path, used only where it may be."""
+"""The native window-attention kernel: the same numbers as plain torch (shifted, padded, odd shapes); bad shapes
+refused."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import vitkit
 from vitkit.kernels import compiler
 from vitkit.kernels import window_attention as native
-from vitkit.models import swin
 
-pytestmark = pytest.mark.skipif(compiler() is None, reason="no C compiler (test_build checks the fallback)")
+pytestmark = pytest.mark.skipif(compiler() is None, reason="no C compiler (test_library checks the fallback)")
 
 
 def reference(qkv, bias, heads, window, shift, scale):
@@ -89,79 +88,3 @@ def test_bad_shapes_are_refused_before_the_kernel_runs(qkv_shape, bias_shape, he
 def test_other_dtypes_are_refused():
     with pytest.raises(ValueError, match="float32"):
         native.window_attention(torch.randn(1, 7, 7, 96, dtype=torch.float64), padded_bias(1, 7), 1, 7, 0, 1.0)
-
-
-# --- inside Swin ------------------------------------------------------------------------------------------
-
-
-def kernel_width_model(**kw):
-    """Head width 16 / 32 (the kernel's), small otherwise."""
-    args = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 2, 2, 2), drop_path_rate=0.0) | kw
-    return vitkit.create_model("swin_tiny_patch4_window7_224", **args).eval()
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    count = []
-    original = native.window_attention
-
-    def counted(*args):
-        count.append(args[3:5])  # (window, shift)
-        return original(*args)
-
-    monkeypatch.setattr(native, "window_attention", counted)
-    return count
-
-
-@pytest.mark.parametrize("size", [(224, 224), (200, 232)])  # the second pads feature maps to the window
-def test_swin_logits_equal_with_and_without_the_kernel(size, calls, monkeypatch):
-    model = kernel_width_model()
-    x = torch.randn(2, 3, *size)
-    with torch.inference_mode():
-        fast = model(x)
-        assert len(calls) == 8 and {shift for _, shift in calls} == {0, 3}  # every block, shifted ones too
-        monkeypatch.setattr(native, "NATIVE_WINDOW_ATTENTION", False)
-        plain = model(x)
-    assert len(calls) == 8  # the switch turns it off
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-
-
-def test_swin_small_maps_use_one_window_without_shift(calls):
-    model = kernel_width_model()
-    with torch.inference_mode():
-        model(torch.randn(1, 3, 96, 96))  # stage maps 24, 12, 6, 3: the last two are one window of their side
-    assert (6, 0) in calls and (3, 0) in calls and all(shift < window for window, shift in calls)
-
-
-def test_not_used_for_training_autograd_or_attention_maps(calls):
-    model = kernel_width_model()
-    x = torch.randn(1, 3, 64, 64)
-    model(x)  # eval, autograd on
-    model.train()(x).sum().backward()
-    model.eval()
-    with torch.no_grad():
-        model.get_attention_maps(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            model(x)
-    assert calls == []
-    with torch.no_grad():
-        model(x)
-    assert calls  # the same model, plain inference
-
-
-def test_cached_padded_bias_follows_the_table(calls):
-    model = kernel_width_model(depths=(2, 2, 2, 2))
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        before = model(x)
-        for block in model.modules():
-            if isinstance(block, swin.WindowAttention):
-                block.relative_position_bias_table.add_(0.5)  # in place: the cached bias must be rebuilt
-        after = model(x)
-        native.NATIVE_WINDOW_ATTENTION = False
-        try:
-            plain = model(x)
-        finally:
-            native.NATIVE_WINDOW_ATTENTION = True
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, plain, atol=1e-5, rtol=1e-5)

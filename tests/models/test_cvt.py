@@ -1,4 +1,4 @@
-"""CvT: parameter counts, every registered name at tiny width, BatchNorm folding, checkpointing, attention maps."""
+"""CvT: parameter counts, every registered name at tiny width, checkpointing with BatchNorm, attention maps."""
 
 import copy
 
@@ -8,10 +8,11 @@ import torch
 import vitkit
 from tests.conftest import randomize_
 from vitkit.errors import VitkitError
-from vitkit.models.cvt import Block, ConvProj, CvT, CvTConfig
+from vitkit.models.cvt import Block, CvT, CvTConfig
+from vitkit.models.registry import get_entry
 
 CVT_NAMES = vitkit.list_models("cvt_*")
-TINY = dict(embed_dim=(16, 24, 32), depth=(1, 1, 2), num_heads=(1, 2, 2), num_classes=5)
+TINY = dict(embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=(1, 2, 2), num_classes=5)
 
 
 def _tiny(name: str, **kw) -> CvT:
@@ -24,18 +25,12 @@ def _input(model: CvT, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, c.in_chans, size, size)
 
 
-def _set_fold(model: CvT, enabled: bool) -> None:
-    for m in model.modules():
-        if isinstance(m, ConvProj):
-            m.fold_bn = enabled
-
-
 def test_registered_names():
     assert {"cvt_13_224", "cvt_13_384", "cvt_21_224", "cvt_21_384", "cvt_w24_384"} <= set(CVT_NAMES)
-    assert vitkit.registry.get_entry("cvt_13_224").hub_id == "hf-hub:microsoft/cvt-13"
-    assert vitkit.registry.get_entry("cvt_w24_384").hub_id == "hf-hub:microsoft/cvt-w24-384-22k"
-    small = [n for n in CVT_NAMES if vitkit.registry.get_entry(n).config.img_size <= 64]
-    assert {vitkit.registry.get_entry(n).config.img_size for n in small} == {28, 32, 64}
+    assert get_entry("cvt_13_224").hub_id == "hf-hub:microsoft/cvt-13"
+    assert get_entry("cvt_w24_384").hub_id == "hf-hub:microsoft/cvt-w24-384-22k"
+    small = [n for n in CVT_NAMES if get_entry(n).config.img_size <= 64]
+    assert {get_entry(n).config.img_size for n in small} == {28, 32, 64}
 
 
 @pytest.mark.parametrize(
@@ -83,14 +78,14 @@ def test_wrong_channels_is_a_clear_error():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="num_heads"):
-        CvTConfig(embed_dim=(64, 192, 384), num_heads=(1, 5, 6))
-    with pytest.raises(ValueError, match="depth has 3 stages"):
-        CvTConfig(embed_dim=(64, 192))
+        CvTConfig(embed_dims=(64, 192, 384), num_heads=(1, 5, 6))
+    with pytest.raises(ValueError, match="depths has 3 stages"):
+        CvTConfig(embed_dims=(64, 192))
     with pytest.raises(ValueError, match="stride_q"):
         CvTConfig(stride_q=2)
     with pytest.raises(VitkitError, match="invalid CvTConfig"):
-        vitkit.create_model("cvt_13_224", depth=(1, 2))
-    assert CvTConfig(depth=[1, 2, 3]).depth == (1, 2, 3)  # lists (JSON, CLI) become tuples
+        vitkit.create_model("cvt_13_224", depths=(1, 2))
+    assert CvTConfig(depths=[1, 2, 3]).depths == (1, 2, 3)  # lists (JSON, CLI) become tuples
     gray = vitkit.create_model("cvt_nano_28", in_chans=3).config  # statistics follow the channel count
     assert gray.mean == (0.286,) * 3 and len(vitkit.create_model("cvt_tiny_32", in_chans=1).config.std) == 1
 
@@ -101,43 +96,8 @@ def test_attention_scale_is_full_width_like_the_original():
     assert attn.scale == pytest.approx(32**-0.5)  # embed_dim of the stage, not the head width 16
 
 
-def test_bn_folding_equals_unfolded_path():
-    model = randomize_(_tiny("cvt_13_224")).eval()
-    x = torch.randn(2, 3, 64, 48)
-    with torch.no_grad():
-        folded = model(x)
-        _set_fold(model, False)
-        reference = model(x)
-    torch.testing.assert_close(folded, reference, atol=1e-6, rtol=1e-6)
-
-
-def test_folded_weights_are_not_stale_after_training_or_loading():
-    model = randomize_(_tiny("cvt_13_224"))
-    x = torch.randn(4, 3, 48, 48)
-    model.eval()
-    with torch.no_grad():
-        before = model(x)  # fills the folded-weight caches
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    model(x).square().mean().backward()  # also updates BatchNorm running statistics
-    opt.step()
-    model.eval()
-    with torch.no_grad():
-        after = model(x)
-        _set_fold(model, False)
-        reference = model(x)
-        _set_fold(model, True)
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, reference, atol=1e-6, rtol=1e-6)
-
-    other = randomize_(_tiny("cvt_13_224"), std=0.1).eval()
-    model.load_state_dict(other.state_dict())
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), other(x), atol=1e-6, rtol=1e-6)
-
-
 def test_eval_gradients_reach_conv_and_bn_parameters():
-    """Eval mode with autograd (saliency, fine-tuning with frozen BN statistics) folds differentiably."""
+    """Eval mode with autograd (saliency, fine-tuning with frozen BN statistics) reaches every parameter."""
     model = randomize_(_tiny("cvt_13_224")).eval()
     model(torch.randn(1, 3, 32, 32)).sum().backward()
     proj = model.stage0.blocks[0].attn.conv_proj_k
@@ -163,7 +123,7 @@ def test_grad_checkpointing_same_grads_and_batchnorm_statistics():
 
 
 def test_drop_path_ramps_over_all_blocks():
-    model = _tiny("cvt_13_224", depth=(1, 2, 3), drop_path_rate=0.25)
+    model = _tiny("cvt_13_224", depths=(1, 2, 3), drop_path_rate=0.25)
     blocks = [b for s in (model.stage0, model.stage1, model.stage2) for b in s.blocks]
     rates = [b.drop_path1.drop_prob for b in blocks]
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.25])
@@ -173,7 +133,7 @@ def test_drop_path_ramps_over_all_blocks():
 def test_drop_path_sits_on_the_residual_branches():
     """Dropping both branches must leave the identity (transformers drops the whole MLP-residual sum)."""
     cfg = CvTConfig(**TINY)
-    block = Block(24, 1, 0, cfg, with_cls_token=False, drop_path=0.5).train()
+    block = Block(cfg, 1, 0, with_cls_token=False, drop_path=0.5).train()
     block.drop_path1 = block.drop_path2 = _Zero()
     x = torch.randn(2, 16, 24)
     torch.testing.assert_close(block(x, 4, 4), x)
@@ -199,7 +159,7 @@ def test_attention_maps_shapes_and_meta():
             if hasattr(m, "record_attention"):
                 m.record_attention = False
     torch.testing.assert_close(recorded, plain, atol=1e-5, rtol=1e-5)
-    assert len(maps) == sum(model.config.depth)
+    assert len(maps) == sum(model.config.depths)
     first, last = maps[0], maps[-1]
     assert first.name == "stage0.blocks.0.attn"
     assert first.meta == {
@@ -220,7 +180,7 @@ def test_attention_maps_shapes_and_meta():
 
 
 def test_mean_pooling_without_cls_token():
-    model = _tiny("cvt_13_224", cls_token=(False, False, False))
+    model = _tiny("cvt_13_224", cls_token=False)
     assert model.no_weight_decay() == set()
     x = torch.randn(2, 3, 32, 32)
     feats = model.forward_features(x)
@@ -269,12 +229,3 @@ def test_save_and_load_roundtrip(tmp_path):
         "interpolation": "bilinear",
         "crop_pct": 1.0,
     }
-
-
-def test_folding_works_for_models_built_in_inference_mode():
-    with torch.inference_mode():
-        model = randomize_(_tiny("cvt_13_224")).eval()
-        x = torch.randn(1, 3, 32, 32)
-        out = model(x)
-        _set_fold(model, False)
-        torch.testing.assert_close(out, model(x), atol=1e-6, rtol=1e-6)

@@ -4,24 +4,7 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.registry import get_entry
-
-
-def tiny_overrides(name: str) -> dict:
-    """Shrink a registered config so a forward/backward takes milliseconds, keeping its family's structure."""
-    entry = get_entry(name)
-    cfg = entry.config
-    if entry.family == "vit":
-        return dict(img_size=2 * cfg.patch_size, embed_dim=32, depth=2, num_heads=2)
-    if entry.family == "cvt":
-        return dict(img_size=min(cfg.img_size, 64), embed_dim=(16, 24, 32), depth=(1, 1, 2), num_heads=(1, 2, 2))
-    if entry.family == "swin":  # stage 0 is 4x4 tokens: two 2x2 windows a side, then a shifted block
-        n = len(cfg.depths)
-        return dict(
-            img_size=4 * cfg.patch_size, embed_dim=16, depths=(2,) + (1,) * (n - 1), num_heads=(2,) * n, window_size=2
-        )
-    raise AssertionError(f"no tiny overrides for family {entry.family}")
-
+from tests.tiny import tiny_overrides
 
 ALL = vitkit.list_models()
 

@@ -9,8 +9,8 @@ import vitkit
 from vitkit.cli import main as cli_main
 from vitkit.errors import CheckpointError, VitkitError
 from vitkit.train import TrainConfig, train
-from vitkit.train import checkpoint as ckpt_mod
 from vitkit.train import loop as loop_mod
+from vitkit.train import state as ckpt_mod
 from vitkit.train.optim import WarmupCosine, param_groups
 
 from .helpers import tiny

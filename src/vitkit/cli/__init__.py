@@ -11,9 +11,13 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from vitkit.cli._args import Parser, add_debug
+from vitkit.engine.malloc import PRESETS, set_malloc
+from vitkit.errors import VitkitError
+from vitkit.settings import debug_enabled, malloc_preset
 
 # name: (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,34 +28,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("vitkit.cli.info", "architecture summary of one model, stage by stage"),
     "demo": ("vitkit.cli.demo", "offline demo: train + evaluate a small ViT on the bundled Fashion-MNIST sample"),
     "compare": ("vitkit.cli.compare", "train + evaluate one small model per family on the same data and budget"),
-    "bench": ("vitkit.tools.bench", "benchmark speed and memory (vitkit.tools.bench)"),
-    "export": ("vitkit.tools.export", "export a model to ONNX and check it with onnxruntime (vitkit.tools.export)"),
+    "bench": ("vitkit.cli.bench", "speed and memory against transformers and timm with the same weights"),
+    "export": ("vitkit.cli.export", "export a model to ONNX and check it with onnxruntime"),
 }
-OPTIONAL = {"bench", "export"}  # provided by vitkit.tools, which may not be installed
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def _unavailable(module: str) -> str | None:
-    """Why an optional command's module cannot serve (missing, or without ``add_arguments``/``run``), else None.
-
-    Only the module itself (or its package) being absent counts; its own broken imports still surface.
-    """
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        if e.name is not None and module.startswith(e.name):
-            return f"{module} is not installed"
-        raise
-    missing = [f for f in ("add_arguments", "run") if not callable(getattr(mod, f, None))]
-    return f"{module} has no {' / '.join(missing)}" if missing else None
-
-
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The full parser; only the command named in ``argv`` (if any) imports its module's options."""
-    from vitkit import __version__
+    from vitkit.version import __version__
 
     parser = Parser(
         prog="vitkit",
@@ -76,14 +64,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 def console_main() -> int:
     """The ``vitkit`` command (and ``python -m vitkit``): the process is ours, so tune glibc's malloc first.
 
-    ``VITKIT_MALLOC`` = ``tuned`` (default), ``pinned`` or ``default`` (see :mod:`vitkit.tools.malloc`): with
-    ``tuned`` freed tensors stay with the process instead of being page-faulted in again on the next batch
-    (Swin-T inference at batch 8, fresh process: 1.08x faster). ``vitkit bench`` leaves the allocator to its own
-    ``--malloc`` option (default: untouched), so its comparisons measure what a user's process does.
+    ``VITKIT_MALLOC`` = ``tuned`` (default), ``pinned`` or ``default`` (:mod:`vitkit.engine.malloc`): with ``tuned``
+    freed tensors stay with the process instead of being page-faulted in again on the next batch. ``vitkit bench``
+    leaves the allocator to its own ``--malloc`` option (default: untouched), so its comparisons measure what a
+    user's process does.
     """
-    from vitkit.tools.malloc import PRESETS, set_malloc
-
-    preset = os.environ.get("VITKIT_MALLOC", "tuned")
+    preset = malloc_preset()
     if preset not in PRESETS:
         print(f"vitkit: error: VITKIT_MALLOC={preset!r}; choose from {', '.join(PRESETS)}", file=sys.stderr)
         return 2
@@ -92,18 +78,24 @@ def console_main() -> int:
     return main()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each (``vitkit: warning: ...``), not a file / line / source-code block."""
+    text = str(message).removeprefix("vitkit: ")
+    print(f"vitkit: warning: {text}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (without the allocator setting of :func:`console_main`); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("VITKIT_DEBUG", "") not in ("", "0")
-    from vitkit.errors import VitkitError
+    debug = "--debug" in argv or debug_enabled()
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _one_line_warning
+        return _run(argv, debug)
 
+
+def _run(argv: list[str], debug: bool) -> int:
     try:
-        chosen = _command_in(argv)
-        why = _unavailable(COMMANDS[chosen][0]) if chosen in OPTIONAL else None
-        if why:
-            print(f"vitkit {chosen}: not available: {why}", file=sys.stderr)
-            return 2
         parser = build_parser(argv)
         try:
             args = parser.parse_args(argv)

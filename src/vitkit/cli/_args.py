@@ -173,6 +173,23 @@ def add_debug(parser: argparse.ArgumentParser, suppress_default: bool = True) ->
     )
 
 
+def add_reference(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="run the reference model as written, without vitkit.optimize (same results up to float rounding, slower)",
+    )
+
+
+def inference_model(source: str, reference: bool = False) -> Any:
+    """The model a source names, in eval mode, optimized for inference unless ``reference``."""
+    from vitkit.engine import optimize
+    from vitkit.hub import from_pretrained
+
+    model = from_pretrained(source)
+    return model if reference else optimize(model, inplace=True)
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
 

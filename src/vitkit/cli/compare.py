@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def default_models(out=None) -> list[str]:
     """The preferred small model of each family; families without one get their smallest 28 px model."""
     from vitkit.eval.complexity import build_on_meta
-    from vitkit.registry import get_entry, list_models
+    from vitkit.models.registry import get_entry, list_models
 
     out = out or sys.stderr
     names = set(list_models())
@@ -72,11 +72,12 @@ def _seconds_per_epoch(history: list[dict[str, Any]], wall: float) -> float | No
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitkit.engine import optimize
     from vitkit.errors import VitkitError
-    from vitkit.eval.checkpoint import load_model
     from vitkit.eval.complexity import model_stats
     from vitkit.eval.evaluate import evaluate, load_dataset, write_eval_outputs
-    from vitkit.registry import list_models
+    from vitkit.hub import from_pretrained
+    from vitkit.models.registry import list_models
     from vitkit.train import train
     from vitkit.utils.io import atomic_write_json
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         plot_run(result.output_dir, quiet=True)
         ckpt, selection = checkpoint_for_test(cfg, result)
-        model = load_model(ckpt)
+        model = optimize(from_pretrained(ckpt), inplace=True)
         if dataset is None:
             dataset = load_dataset(eval_data, args.eval_split)
         ev = evaluate(model, dataset, batch_size=args.batch_size_eval, source=eval_data)

@@ -45,8 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.eval.checkpoint import load_model
+    from vitkit.engine import optimize
     from vitkit.eval.evaluate import evaluate, load_dataset, write_eval_outputs
+    from vitkit.hub import from_pretrained
     from vitkit.train import train
 
     cfg = config_from_args(args, base=args.demo_settings)
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg)
     train_seconds = time.perf_counter() - start
     ckpt, selection = checkpoint_for_test(cfg, result)
-    model = load_model(ckpt)
+    model = optimize(from_pretrained(ckpt), inplace=True)
     dataset = load_dataset(cfg.val_data or cfg.data, "test")
     ev = evaluate(model, dataset, source=cfg.val_data or cfg.data)
     out = Path(result.output_dir)

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from vitkit.cli._args import add_device, add_threads, apply_threads, resolve_device
+from vitkit.cli._args import add_device, add_reference, add_threads, apply_threads, inference_model, resolve_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     add_device(p)
     add_threads(p)
+    add_reference(p)
 
 
 def default_output_dir(source: str, split: str) -> Path:
@@ -41,7 +42,6 @@ def default_output_dir(source: str, split: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from vitkit.errors import VitkitError
-    from vitkit.eval.checkpoint import load_model
     from vitkit.eval.evaluate import evaluate, format_report, load_dataset, write_eval_outputs
 
     if args.batch_size < 1:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise VitkitError(f"--max-samples must be >= 0 (got {args.max_samples})")
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    model = load_model(args.source)
+    model = inference_model(args.source, args.reference)
     dataset = load_dataset(args.data, args.split)
     result = evaluate(
         model, dataset, batch_size=args.batch_size, device=device, max_samples=args.max_samples, source=args.data

@@ -17,10 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_config_model(source: str, img_size: int | None, model_args: str):
     """A model (on the meta device when registered: nothing is allocated) for a name or a checkpoint."""
     from vitkit.eval.complexity import build_on_meta
-    from vitkit.registry import get_entry, list_models, replace_config
-    from vitkit.train.config import parse_model_args
+    from vitkit.models.registry import get_entry, list_models, parse_overrides, replace_config
 
-    overrides = parse_model_args(model_args)
+    overrides = parse_overrides(model_args)
     if img_size:
         overrides["img_size"] = img_size
     if source in set(list_models()):
@@ -29,9 +28,9 @@ def load_config_model(source: str, img_size: int | None, model_args: str):
     import os
 
     if os.path.exists(source) or source.startswith("hf-hub:"):
-        from vitkit.eval.checkpoint import load_model
+        from vitkit.hub import from_pretrained
 
-        model = load_model(source, **overrides)
+        model = from_pretrained(source, **overrides)
         return model, getattr(model, "model_name", None) or source
     get_entry(source)  # raises "unknown model ... did you mean"
     raise AssertionError("unreachable")
@@ -39,7 +38,7 @@ def load_config_model(source: str, img_size: int | None, model_args: str):
 
 def run(args: argparse.Namespace) -> int:
     from vitkit.eval.complexity import describe, model_stats
-    from vitkit.registry import family_of_config
+    from vitkit.models.registry import family_of_config
 
     model, name = load_config_model(args.model, args.img_size, args.model_args)
     stats = model_stats(model)

@@ -13,12 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import vitkit
     from vitkit.eval.complexity import build_on_meta, registered_model_stats
-    from vitkit.models.base import to_2tuple
-    from vitkit.registry import get_entry
+    from vitkit.models.registry import get_entry, list_models
 
-    names = vitkit.list_models(args.pattern)
+    names = list_models(args.pattern)
     if not names:
         from vitkit.errors import VitkitError
 
@@ -30,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
             params = sum(p.numel() for p in build_on_meta(entry.config, name).parameters())
             c = entry.config
             row = {"name": name, "family": entry.family, "params": params, "params_m": round(params / 1e6, 3)}
-            row["input_size"] = [c.in_chans, *to_2tuple(c.img_size)]
+            row["input_size"] = list(c.input_size)
         else:
             row = registered_model_stats(name).to_dict()
         row["resolution"] = "x".join(str(s) for s in row["input_size"][1:])

@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from vitkit.cli._args import add_device, add_threads, apply_threads, resolve_device
+from vitkit.cli._args import add_device, add_reference, add_threads, apply_threads, inference_model, resolve_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,14 +15,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (one object per image) instead of a table")
     add_device(p)
     add_threads(p)
+    add_reference(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.eval.checkpoint import load_model
     from vitkit.predict import format_table, predict
 
     apply_threads(args.threads)
-    model = load_model(args.source)
+    model = inference_model(args.source, args.reference)
     results = predict(
         model, args.inputs, topk=args.topk, batch_size=max(1, args.batch_size), device=resolve_device(args.device)
     )

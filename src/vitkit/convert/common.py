@@ -1,30 +1,8 @@
 """Helpers shared by the checkpoint converters of all families."""
 
-import warnings
-
 import torch
 
 from vitkit.errors import CheckpointError
-
-
-def adapt_input_conv(weight: torch.Tensor, in_chans: int, name: str = "stem") -> torch.Tensor:
-    """Fit a (O, I, kh, kw) stem filter to ``in_chans`` input channels.
-
-    RGB -> grayscale sums the filters, so a gray image (R = G = B) gives the same activation as before.
-    Grayscale -> RGB repeats and divides by 3 for the same reason; other counts cycle the channels.
-    """
-    have = weight.shape[1]
-    if have == in_chans:
-        return weight
-    if in_chans == 1:
-        return weight.sum(dim=1, keepdim=True)
-    if have == 1:
-        return weight.repeat(1, in_chans, 1, 1) / in_chans
-    if have != 3:
-        raise CheckpointError(f"{name}: cannot adapt {have} input channels to {in_chans}")
-    warnings.warn(f"{name}: adapting 3 input channels to {in_chans} by cycling RGB filters", stacklevel=2)
-    reps = -(-in_chans // 3)
-    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (3 / in_chans)
 
 
 def class_names_from_hf(hf_config: dict) -> list[str] | None:
@@ -35,10 +13,6 @@ def class_names_from_hf(hf_config: dict) -> list[str] | None:
     if all(n == f"LABEL_{i}" for i, n in enumerate(names)):
         return None  # transformers' placeholders carry no information
     return names
-
-
-def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
 def take(state_dict: dict[str, torch.Tensor], key: str, source: str = "checkpoint") -> torch.Tensor:
@@ -71,3 +45,8 @@ def hf_encoder_layer(
         out[dst + d + ".weight"] = take(sd, src + s + ".weight")
         out[dst + d + ".bias"] = take(sd, src + s + ".bias")
     return out
+
+
+def num_labels(hf_config: dict) -> int:
+    """How many classes a transformers config's head has (0 for a backbone)."""
+    return len(hf_config["id2label"]) if hf_config.get("id2label") else hf_config.get("num_labels", 0)

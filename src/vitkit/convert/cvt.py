@@ -8,10 +8,11 @@ import warnings
 
 import torch
 
-from vitkit.convert.common import class_names_from_hf, take
+from vitkit.convert.common import class_names_from_hf, num_labels, take
 from vitkit.errors import CheckpointError
+from vitkit.models.config import to_2tuple
 from vitkit.models.cvt import CvTConfig
-from vitkit.registry import replace_config
+from vitkit.models.registry import replace_config
 
 # transformers' CvtConfig defaults, for config.json files that leave a field out
 _HF_DEFAULTS = {
@@ -41,11 +42,19 @@ def _get(hf: dict, key: str):
     return hf.get(key, _HF_DEFAULTS[key])
 
 
-def _same_in_every_stage(hf: dict, key: str) -> int:
+def _same_in_every_stage(hf: dict, key: str):
     values = list(_get(hf, key))
     if len(set(values)) != 1:
         raise CheckpointError(f"CvT config {key}={values}: vitkit needs the same value in every stage")
-    return int(values[0])
+    return values[0]
+
+
+def _cls_token(hf: dict) -> bool:
+    """vitkit's CvT has a [CLS] token in the last stage only (every released model), or none."""
+    flags = [bool(b) for b in _get(hf, "cls_token")]
+    if any(flags[:-1]):
+        raise CheckpointError(f"CvT config cls_token={flags}: only the last stage may have a [CLS] token")
+    return flags[-1]
 
 
 def _img_size(hf: dict) -> int:
@@ -61,27 +70,29 @@ def config_from_hf(hf: dict) -> CvTConfig:
     methods = set(_get(hf, "qkv_projection_method"))
     if methods != {"dw_bn"}:
         raise CheckpointError(f"CvT qkv_projection_method {sorted(methods)} is not supported (only 'dw_bn')")
-    img_size = _img_size(hf)
     try:
+        img_size = _img_size(hf)
+        drop = float(max(_get(hf, "drop_rate")))
         return CvTConfig(
             img_size=img_size,
             in_chans=hf.get("num_channels", 3),
-            num_classes=len(hf["id2label"]) if hf.get("id2label") else hf.get("num_labels", 0),
-            patch_size=tuple(_get(hf, "patch_sizes")),
-            patch_stride=tuple(_get(hf, "patch_stride")),
-            patch_padding=tuple(_get(hf, "patch_padding")),
-            embed_dim=tuple(_get(hf, "embed_dim")),
-            depth=tuple(_get(hf, "depth")),
+            num_classes=num_labels(hf),
+            patch_sizes=tuple(_get(hf, "patch_sizes")),
+            patch_strides=tuple(_get(hf, "patch_stride")),
+            patch_paddings=tuple(_get(hf, "patch_padding")),
+            embed_dims=tuple(_get(hf, "embed_dim")),
+            depths=tuple(_get(hf, "depth")),
             num_heads=tuple(_get(hf, "num_heads")),
-            mlp_ratio=tuple(float(r) for r in _get(hf, "mlp_ratio")),
-            qkv_bias=tuple(bool(b) for b in _get(hf, "qkv_bias")),
-            cls_token=tuple(bool(b) for b in _get(hf, "cls_token")),
-            kernel_qkv=_same_in_every_stage(hf, "kernel_qkv"),
-            padding_q=_same_in_every_stage(hf, "padding_q"),
-            padding_kv=_same_in_every_stage(hf, "padding_kv"),
-            stride_q=_same_in_every_stage(hf, "stride_q"),
-            stride_kv=_same_in_every_stage(hf, "stride_kv"),
-            drop_rate=float(max(_get(hf, "drop_rate"))),
+            mlp_ratio=float(_same_in_every_stage(hf, "mlp_ratio")),
+            qkv_bias=bool(_same_in_every_stage(hf, "qkv_bias")),
+            cls_token=_cls_token(hf),
+            kernel_qkv=int(_same_in_every_stage(hf, "kernel_qkv")),
+            padding_q=int(_same_in_every_stage(hf, "padding_q")),
+            padding_kv=int(_same_in_every_stage(hf, "padding_kv")),
+            stride_q=int(_same_in_every_stage(hf, "stride_q")),
+            stride_kv=int(_same_in_every_stage(hf, "stride_kv")),
+            pos_drop_rate=drop,  # transformers' drop_rate: after the token embedding, the attention output, the MLP
+            proj_drop_rate=drop,
             attn_drop_rate=float(max(_get(hf, "attention_drop_rate"))),
             # transformers ramps per stage up to (0, 0, 0.1); vitkit ramps once over all blocks to the largest
             drop_path_rate=float(max(_get(hf, "drop_path_rate"))),
@@ -91,6 +102,60 @@ def config_from_hf(hf: dict) -> CvTConfig:
         )
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"CvT config.json does not describe a model vitkit can build: {e}") from None
+
+
+def config_to_hf(cfg: CvTConfig) -> dict:
+    """transformers' ``CvtConfig`` fields for a vitkit config (``model_type`` included; ``image_size`` is not a
+    transformers field, but it lets :func:`config_from_hf` restore the resolution)."""
+    n = cfg.num_stages
+    return {
+        "model_type": "cvt",
+        "num_channels": cfg.in_chans,
+        "patch_sizes": list(cfg.patch_sizes),
+        "patch_stride": list(cfg.patch_strides),
+        "patch_padding": list(cfg.patch_paddings),
+        "embed_dim": list(cfg.embed_dims),
+        "num_heads": list(cfg.num_heads),
+        "depth": list(cfg.depths),
+        "mlp_ratio": [cfg.mlp_ratio] * n,
+        "qkv_bias": [cfg.qkv_bias] * n,
+        "cls_token": [False] * (n - 1) + [cfg.cls_token],
+        "qkv_projection_method": ["dw_bn"] * n,
+        "kernel_qkv": [cfg.kernel_qkv] * n,
+        "padding_q": [cfg.padding_q] * n,
+        "padding_kv": [cfg.padding_kv] * n,
+        "stride_q": [cfg.stride_q] * n,
+        "stride_kv": [cfg.stride_kv] * n,
+        "drop_rate": [cfg.proj_drop_rate] * n,
+        "attention_drop_rate": [cfg.attn_drop_rate] * n,
+        "drop_path_rate": [0.0] * (n - 1) + [cfg.drop_path_rate],
+        "num_labels": cfg.num_classes,
+        "image_size": to_2tuple(cfg.img_size)[0],
+    }
+
+
+def upgrade_vitkit_config(raw: dict) -> dict:
+    """A CvT config written by vitkit 0.1 (``depth``, ``embed_dim`` ... per stage; ``drop_rate`` inside the blocks)
+    in today's names."""
+    raw = dict(raw)
+    for old, new in (("depth", "depths"), ("embed_dim", "embed_dims"), ("patch_size", "patch_sizes"),
+                     ("patch_stride", "patch_strides"), ("patch_padding", "patch_paddings")):  # fmt: skip
+        if old in raw:
+            raw[new] = raw.pop(old)
+    for key in ("mlp_ratio", "qkv_bias"):
+        values = raw.get(key)
+        if isinstance(values, list):
+            if len(set(values)) != 1:
+                raise CheckpointError(f"CvT {key}={values}: vitkit needs the same value in every stage")
+            raw[key] = values[0]
+    if isinstance(raw.get("cls_token"), list):
+        flags = raw["cls_token"]
+        if any(flags[:-1]):
+            raise CheckpointError(f"CvT cls_token={flags}: only the last stage may have a [CLS] token")
+        raw["cls_token"] = bool(flags[-1]) if flags else False
+    if "drop_rate" in raw:  # 0.1 meant the official drop_rate (embedding, attention output, MLP)
+        raw["pos_drop_rate"] = raw["proj_drop_rate"] = raw.pop("drop_rate")
+    return raw
 
 
 # transformers' names inside encoder.stages.{i}.layers.{j}. -> official names inside stage{i}.blocks.{j}.
@@ -118,9 +183,9 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: CvTConfig) -> dict[str,
         for a, b in (("projection", "patch_embed.proj"), ("normalization", "patch_embed.norm")):
             for t in ("weight", "bias"):
                 out[f"{dst}{b}.{t}"] = take(sd, f"{emb}{a}.{t}")
-        if cfg.cls_token[i]:
+        if cfg.cls_token and i == cfg.num_stages - 1:
             out[dst + "cls_token"] = take(sd, src + "cls_token")
-        for j in range(cfg.depth[i]):
+        for j in range(cfg.depths[i]):
             h, b = f"{src}layers.{j}.", f"{dst}blocks.{j}."
             for a, c in _BLOCK.items():
                 out[f"{b}{c}.weight"] = take(sd, f"{h}{a}.weight")
@@ -136,7 +201,7 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: CvTConfig) -> dict[str,
     if "layernorm.weight" in sd:
         out["norm.weight"], out["norm.bias"] = sd.pop("layernorm.weight"), take(sd, "layernorm.bias")
     else:  # a CvtModel checkpoint: the final LayerNorm lives in transformers' classification wrapper
-        dim = cfg.embed_dim[-1]
+        dim = cfg.embed_dims[-1]
         out["norm.weight"], out["norm.bias"] = torch.ones(dim), torch.zeros(dim)
         warnings.warn("CvtModel checkpoint has no final LayerNorm; it starts with weight 1, bias 0", stacklevel=3)
     if "classifier.weight" in sd:

@@ -11,10 +11,11 @@ import re
 
 import torch
 
-from vitkit.convert.common import class_names_from_hf, hf_encoder_layer, take
+from vitkit.convert.common import class_names_from_hf, hf_encoder_layer, num_labels, take
 from vitkit.errors import CheckpointError, VitkitError
+from vitkit.models.config import to_2tuple
+from vitkit.models.registry import get_entry, replace_config
 from vitkit.models.swin import SwinConfig
-from vitkit.registry import get_entry, replace_config
 
 
 def _square(value, name: str) -> int:
@@ -36,7 +37,7 @@ def config_from_hf(hf: dict) -> SwinConfig:
             img_size=tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size,
             patch_size=_square(hf.get("patch_size", 4), "patch_size"),
             in_chans=hf.get("num_channels", 3),
-            num_classes=len(hf["id2label"]) if hf.get("id2label") else hf.get("num_labels", 0),
+            num_classes=num_labels(hf),
             embed_dim=hf.get("embed_dim", 96),
             depths=tuple(hf.get("depths", (2, 2, 6, 2))),
             num_heads=tuple(hf.get("num_heads", (3, 6, 12, 24))),
@@ -48,8 +49,31 @@ def config_from_hf(hf: dict) -> SwinConfig:
             drop_path_rate=hf.get("drop_path_rate", 0.1),
             norm_eps=hf.get("layer_norm_eps", 1e-5),
         )
-    except ValueError as e:
-        raise CheckpointError(f"invalid Swin config.json: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"Swin config.json does not describe a model vitkit can build: {e}") from None
+
+
+def config_to_hf(cfg: SwinConfig) -> dict:
+    """transformers' ``SwinConfig`` fields for a vitkit config (``model_type`` included)."""
+    h, w = to_2tuple(cfg.img_size)
+    return {
+        "model_type": "swin",
+        "image_size": h if h == w else [h, w],
+        "patch_size": cfg.patch_size,
+        "num_channels": cfg.in_chans,
+        "embed_dim": cfg.embed_dim,
+        "depths": list(cfg.depths),
+        "num_heads": list(cfg.num_heads),
+        "window_size": cfg.window_size,
+        "mlp_ratio": cfg.mlp_ratio,
+        "qkv_bias": cfg.qkv_bias,
+        "hidden_dropout_prob": cfg.proj_drop_rate,
+        "attention_probs_dropout_prob": cfg.attn_drop_rate,
+        "drop_path_rate": cfg.drop_path_rate,
+        "layer_norm_eps": cfg.norm_eps,
+        "hidden_act": "gelu",
+        "num_labels": cfg.num_classes,
+    }
 
 
 # transformers >= 5 renames some modules in memory; normalise to the names its checkpoints carry

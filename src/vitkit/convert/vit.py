@@ -2,29 +2,54 @@
 
 import torch
 
-from vitkit.convert.common import class_names_from_hf, hf_encoder_layer, take
+from vitkit.convert.common import class_names_from_hf, hf_encoder_layer, num_labels, take
 from vitkit.errors import CheckpointError, VitkitError
+from vitkit.models.config import to_2tuple
+from vitkit.models.registry import get_entry, replace_config
 from vitkit.models.vit import ViTConfig
-from vitkit.registry import get_entry, replace_config
 
 
 def config_from_hf(hf: dict) -> ViTConfig:
     if hf.get("hidden_act", "gelu") != "gelu":
         raise CheckpointError(f"ViT with hidden_act={hf['hidden_act']!r} is not supported (only 'gelu')")
     dim = hf.get("hidden_size", 768)
-    return ViTConfig(
-        img_size=hf.get("image_size", 224),
-        patch_size=hf.get("patch_size", 16),
-        in_chans=hf.get("num_channels", 3),
-        num_classes=len(hf["id2label"]) if hf.get("id2label") else hf.get("num_labels", 0),
-        embed_dim=dim,
-        depth=hf.get("num_hidden_layers", 12),
-        num_heads=hf.get("num_attention_heads", 12),
-        mlp_ratio=hf.get("intermediate_size", 4 * dim) / dim,
-        qkv_bias=hf.get("qkv_bias", True),
-        norm_eps=hf.get("layer_norm_eps", 1e-12),
-        pos_embed_antialias=False,  # transformers' interpolate_pos_encoding does not antialias
-    )
+    try:
+        return ViTConfig(
+            img_size=hf.get("image_size", 224),
+            patch_size=hf.get("patch_size", 16),
+            in_chans=hf.get("num_channels", 3),
+            num_classes=num_labels(hf),
+            embed_dim=dim,
+            depth=hf.get("num_hidden_layers", 12),
+            num_heads=hf.get("num_attention_heads", 12),
+            mlp_ratio=hf.get("intermediate_size", 4 * dim) / dim,
+            qkv_bias=hf.get("qkv_bias", True),
+            norm_eps=hf.get("layer_norm_eps", 1e-12),
+            pos_embed_antialias=False,  # transformers' interpolate_pos_encoding does not antialias
+        )
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"ViT config.json does not describe a model vitkit can build: {e}") from None
+
+
+def config_to_hf(cfg: ViTConfig) -> dict:
+    """transformers' ``ViTConfig`` fields for a vitkit config (``model_type`` included)."""
+    h, w = to_2tuple(cfg.img_size)
+    if h != w or cfg.global_pool != "token" or not cfg.class_token:
+        raise CheckpointError("transformers' ViT needs a square image and the [CLS] token head")
+    return {
+        "model_type": "vit",
+        "image_size": h,
+        "patch_size": cfg.patch_size,
+        "num_channels": cfg.in_chans,
+        "hidden_size": cfg.embed_dim,
+        "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": int(cfg.embed_dim * cfg.mlp_ratio),
+        "qkv_bias": cfg.qkv_bias,
+        "layer_norm_eps": cfg.norm_eps,
+        "hidden_act": "gelu",
+        "num_labels": cfg.num_classes,
+    }
 
 
 def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from vitkit.data.datasets import (
 )
 from vitkit.data.images import IMAGE_EXTENSIONS, open_image, to_channels
 from vitkit.data.loader import Batch, Loader
-from vitkit.data.transforms import DataSpec, PILTransform, match_channels, mixup_cutmix, smooth_one_hot
+from vitkit.data.transforms import DataSpec, PILTransform, mixup_cutmix, smooth_one_hot
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -42,7 +42,6 @@ __all__ = [
     "load_cifar",
     "load_csv",
     "load_idx",
-    "match_channels",
     "mixup_cutmix",
     "open_image",
     "parse_source",

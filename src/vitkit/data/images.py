@@ -1,20 +1,24 @@
-"""Open image files safely and convert them to the channel count a model wants.
+"""Open image files safely and convert them to the channel count a model wants: the one way vitkit reads an image
+file, for training, evaluation, prediction and serving alike.
 
-* Truncated or unreadable files raise :class:`VitkitError` naming the file (PIL's
-  ``LOAD_TRUNCATED_IMAGES`` stays off, so a cut-off JPEG is an error, not a grey band).
-* Decompression bombs: an image with more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused
-  (PIL only warns between 1x and 2x that limit; we turn the warning into the same error).
-* Transparency (RGBA, LA, palette with a transparent colour) is composited on **white**, the usual
-  background of product photos and scanned documents, then converted: 1 channel = ITU-R 601 luma
-  (PIL's ``L``), 3 channels = RGB (a grey image is repeated).
+* Only regular files are opened (a FIFO or a device named ``*.png`` would block or never end).
+* Truncated or unreadable files raise :class:`VitkitError` naming the file (PIL's ``LOAD_TRUNCATED_IMAGES`` stays
+  off, so a cut-off JPEG is an error, not a grey band).
+* Decompression bombs: an image with more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused (PIL only warns
+  between 1x and 2x that limit; we turn the warning into the same error).
+* The EXIF orientation tag is applied, so a photo is seen the way viewers show it.
+* Transparency (RGBA, LA, palette with a transparent colour) is composited on **white**, the usual background of
+  product photos and scanned documents, then converted: 1 channel = ITU-R 601 luma (PIL's ``L``), 3 channels = RGB
+  (a grey image is repeated).
 * 16-bit and float images are scaled to 8 bits from their own range.
 """
 
 import os
+import stat
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitkit.errors import VitkitError
 
@@ -22,13 +26,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", "
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` fully (so errors surface here, not in a later transform)."""
+    """Decode ``path`` fully (so errors surface here, not in a later transform), upright as EXIF says."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise VitkitError(f"{path}: not a regular file")
+    except FileNotFoundError:
+        raise VitkitError(f"{path}: image file not found") from None
+    except OSError as e:
+        raise VitkitError(f"{path}: cannot read image ({e.strerror or e})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                return img.copy() if img.mode != "P" else img.convert("RGBA")
+                img = ImageOps.exif_transpose(img)  # a copy, upright
+                return img if img.mode != "P" else img.convert("RGBA")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise VitkitError(
             f"{path}: refused to decode ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine"

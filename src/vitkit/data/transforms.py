@@ -24,6 +24,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from vitkit.data.images import to_channels
 from vitkit.errors import VitkitError
+from vitkit.models.config import match_channels
 
 _PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
@@ -44,22 +45,11 @@ class DataSpec:
         dc = model.data_config
         c, h, w = dc["input_size"]
         in_chans = in_chans or c
-        mean, std = match_channels(dc["mean"], dc["std"], in_chans)
+        try:
+            mean, std = match_channels(dc["mean"], dc["std"], in_chans)
+        except ValueError as e:
+            raise VitkitError(f"cannot feed {in_chans}-channel images to this model: {e}") from None
         return cls((h, w), in_chans, mean, std, dc["interpolation"], dc["crop_pct"])
-
-
-def match_channels(mean, std, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Model statistics with 1 or 3 entries -> ``channels`` entries (average RGB for gray, repeat gray)."""
-    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if len(mean) != len(std):
-        raise VitkitError(f"data_config mean {mean} and std {std} have different lengths")
-    if len(mean) == channels:
-        return mean, std
-    if len(mean) == 1:
-        return mean * channels, std * channels
-    if channels == 1:
-        return (sum(mean) / len(mean),), (math.sqrt(sum(s * s for s in std) / len(std)),)
-    raise VitkitError(f"cannot match normalisation with {len(mean)} channels to {channels} input channels")
 
 
 # --- augmentation ops: name -> (magnitude at 1.0 for RandAugment, for TrivialAugment-wide, signed) ------
@@ -148,28 +138,54 @@ def _random_resized_crop_box(w: int, h: int, rng: random.Random, scale=(0.08, 1.
     return (w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side
 
 
-def _to_tensor(img: Image.Image, spec: DataSpec) -> torch.Tensor:
+def _to_tensor(img: Image.Image, spec: DataSpec | None) -> torch.Tensor:
+    """(C, H, W) float in [0, 1], normalised with ``spec``'s mean / std unless ``spec`` is None."""
     a = np.asarray(img, dtype=np.uint8)
     t = torch.from_numpy(a.copy()).float().div_(255.0)
     t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)  # (C, H, W)
+    if spec is None:
+        return t
     mean = torch.tensor(spec.mean).view(-1, 1, 1)
     std = torch.tensor(spec.std).view(-1, 1, 1)
     return (t - mean) / std
 
 
+def eval_geometry(h: int, w: int, spec: DataSpec) -> tuple[int, int, int, int]:
+    """timm's evaluation resize: (resized height, width, crop top, left) for an h x w image.
+
+    A square target: the short side becomes ``floor(size / crop_pct)``, the long side keeps the aspect ratio; a
+    non-square target: the image becomes ``floor(target / crop_pct)`` on both sides. Then a centre crop of the target.
+    """
+    th, tw = spec.img_size
+    if th == tw:
+        short = math.floor(th / spec.crop_pct)
+        nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+    else:
+        nh, nw = math.floor(th / spec.crop_pct), math.floor(tw / spec.crop_pct)
+    nh, nw = max(nh, th), max(nw, tw)
+    return nh, nw, round((nh - th) / 2.0), round((nw - tw) / 2.0)
+
+
 def eval_resize_crop(img: Image.Image, spec: DataSpec) -> Image.Image:
-    """Short side -> size / crop_pct, then centre crop to size."""
+    """The evaluation resize + centre crop, computed on the source region the crop needs only: the same pixels as
+    resizing the whole image first, with memory bounded by the output (a 1 x 4000 image costs nothing more)."""
     th, tw = spec.img_size
     w, h = img.size
-    scale = max(th, tw) / spec.crop_pct / min(w, h)
-    if th == tw:
-        nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
-    else:
-        nw, nh = round(tw / spec.crop_pct), round(th / spec.crop_pct)
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), _PIL_INTERP.get(spec.interpolation, Image.BICUBIC))
-    x0, y0 = (nw - tw) // 2, (nh - th) // 2
-    return img.crop((x0, y0, x0 + tw, y0 + th))
+    nh, nw, y0, x0 = eval_geometry(h, w, spec)
+    if (nh, nw) == (h, w):
+        return img.crop((x0, y0, x0 + tw, y0 + th))
+    sx, sy = w / nw, h / nh  # source pixels per resized pixel
+    box = (x0 * sx, y0 * sy, (x0 + tw) * sx, (y0 + th) * sy)
+    return img.resize((tw, th), _PIL_INTERP.get(spec.interpolation, Image.BICUBIC), box=box)
+
+
+def eval_image(img: Image.Image, spec: DataSpec, normalize: bool = True) -> torch.Tensor:
+    """Any decoded image -> the model's evaluation input (C, H, W): channels, resize + centre crop, normalise.
+
+    The one evaluation pipeline for image files: ``vitkit predict``, ``vitkit eval`` and training validation.
+    """
+    img = eval_resize_crop(to_channels(img, spec.in_chans), spec)
+    return _to_tensor(img, spec) if normalize else _to_tensor(img, None)
 
 
 class PILTransform:
@@ -180,9 +196,9 @@ class PILTransform:
 
     def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         spec = self.spec
-        img = to_channels(img, spec.in_chans)
         if not self.train:
-            return _to_tensor(eval_resize_crop(img, spec), spec)
+            return eval_image(img, spec)
+        img = to_channels(img, spec.in_chans)
         rng = rng or random.Random(0)
         th, tw = spec.img_size
         interp = _PIL_INTERP.get(spec.interpolation, Image.BICUBIC)
@@ -336,19 +352,21 @@ def resize(x: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinea
     return F.interpolate(x, size=size, mode=mode, **kw).clamp_(0, 1)
 
 
-def tensor_eval_transform(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
-    """Resize the short side to size / crop_pct, centre-crop, normalise (the PIL eval rule on tensors)."""
+def tensor_eval_transform(x: torch.Tensor, spec: DataSpec, normalized: bool = True) -> torch.Tensor:
+    """The evaluation resize + centre crop of :func:`eval_geometry` on a batch, then normalise."""
     th, tw = spec.img_size
     h, w = x.shape[-2:]
-    if th == tw:
-        s = th / spec.crop_pct / min(h, w)
-        nh, nw = max(th, round(h * s)), max(tw, round(w * s))
-    else:
-        nh, nw = round(th / spec.crop_pct), round(tw / spec.crop_pct)
+    nh, nw, y0, x0 = eval_geometry(h, w, spec)
     if (nh, nw) != (h, w):
         x = resize(x, (nh, nw), spec.interpolation)
-    y0, x0 = (nh - th) // 2, (nw - tw) // 2
-    return normalize(x[..., y0 : y0 + th, x0 : x0 + tw], spec)
+    x = x[..., y0 : y0 + th, x0 : x0 + tw]
+    return normalize(x, spec) if normalized else x
+
+
+def array_eval_batch(images: np.ndarray, spec: DataSpec, normalized: bool = True) -> torch.Tensor:
+    """uint8 (B, H, W[, C]) images of an in-memory data set -> the model's evaluation input (B, C, h, w)."""
+    x = uint8_to_float(torch.from_numpy(np.ascontiguousarray(images)), spec.in_chans)
+    return tensor_eval_transform(x, spec, normalized).contiguous()
 
 
 def normalize(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:

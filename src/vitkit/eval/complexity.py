@@ -2,7 +2,7 @@
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on *meta* tensors: the model is built
 with its parameters on the meta device (shapes only, no memory, no initialisation cost), so even a
-300M-parameter model is measured in milliseconds. One multiply-add counts as 2 FLOPs; GMACs = GFLOPs / 2
+300M-parameter model costs next to nothing to measure. One multiply-add counts as 2 FLOPs; GMACs = GFLOPs / 2
 (the number timm and most papers print). Only matmuls, convolutions and attention are counted (norms,
 activations and softmax are a few percent at most), like fvcore and timm's profilers.
 """
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from vitkit.models.base import to_2tuple
-from vitkit.registry import build_model, get_entry, replace_config
-from vitkit.tools.flops import flop_counter
+from vitkit.eval.flops import flop_counter
+from vitkit.models.config import to_2tuple
+from vitkit.models.registry import get_entry, model_from_config, replace_config
 
 
 class _ParamsOnMeta(TorchFunctionMode):
@@ -41,9 +41,9 @@ def build_on_meta(config: Any, name: str | None = None) -> nn.Module:
     """The model a config describes with every parameter and buffer on the meta device."""
     try:
         with _ParamsOnMeta():
-            model = build_model(config, name)
+            model = model_from_config(config, name)
     except (NotImplementedError, RuntimeError):  # a constructor that needs real values: pay for a CPU build
-        model = build_model(config, name)
+        model = model_from_config(config, name)
     return model.to("meta").eval()
 
 
@@ -51,7 +51,7 @@ def count_flops(model: nn.Module, input_size: tuple[int, int, int], batch_size: 
     """FLOPs of one forward pass on ``input_size`` = (C, H, W), on the model's own device (meta works)."""
     device = next(model.parameters()).device
     x = torch.zeros(batch_size, *input_size, device=device)
-    counter = flop_counter()  # the one counting convention of vitkit.tools.flops (CPU fused attention included)
+    counter = flop_counter()  # the one counting convention of vitkit.eval.flops (CPU fused attention included)
     was_training = model.training
     model.eval()
     try:

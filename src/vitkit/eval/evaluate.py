@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from vitkit.data.transforms import DataSpec, array_eval_batch, eval_image
 from vitkit.errors import VitkitError
 from vitkit.eval.metrics import ClassificationReport, classification_report, confusion_matrix, topk_correct
 from vitkit.utils.io import atomic_write_json
@@ -50,62 +50,28 @@ class EvalResult:
         }
 
 
-def _array_batch(images: np.ndarray, data_config: dict[str, Any], normalize: bool = True) -> torch.Tensor:
-    """uint8 (B, H, W) or (B, H, W, C) -> the model's input (B, C, h, w), as the PIL pipeline would make it."""
-    in_chans, height, width = data_config["input_size"]
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (B, C, H, W)
-    if x.shape[1] == 1 and in_chans == 3:
-        x = x.expand(-1, 3, -1, -1)
-    elif x.shape[1] == 3 and in_chans == 1:  # ITU-R 601 luma, like PIL's convert("L")
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-    h, w = x.shape[-2:]
-    crop_pct = float(data_config.get("crop_pct") or 1.0)
-    scale = max(height, width) / crop_pct / min(h, w)
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    if (new_h, new_w) != (h, w):
-        mode = str(data_config.get("interpolation", "bilinear"))
-        mode = mode if mode in ("bilinear", "bicubic", "nearest") else "bilinear"
-        kw = {"antialias": True, "align_corners": False} if mode != "nearest" else {}
-        x = F.interpolate(x, size=(new_h, new_w), mode=mode, **kw).clamp_(0, 1)
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    x = x[..., top : top + height, left : left + width]
-    if not normalize:
-        return x.contiguous()
-    mean = torch.tensor(data_config["mean"], dtype=torch.float32).reshape(1, -1, 1, 1)
-    std = torch.tensor(data_config["std"], dtype=torch.float32).reshape(1, -1, 1, 1)
-    return ((x - mean) / std).contiguous()
-
-
-def _file_batch(dataset: Any, indices: range | list[int], data_config: dict[str, Any], normalize: bool = True):
-    from vitkit.data.images import to_channels
-    from vitkit.predict import prepare_image
-
-    in_chans = data_config["input_size"][0]
+def _file_batch(dataset: Any, indices: range | list[int], spec: DataSpec, normalize: bool = True):
     xs, ys = [], []
     for i in indices:
         img, label = dataset[i]
-        xs.append(prepare_image(to_channels(img, in_chans), data_config, normalize=normalize))
+        xs.append(eval_image(img, spec, normalize))
         ys.append(label)
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
-def load_images(dataset: Any, indices: list[int], data_config: dict[str, Any]) -> torch.Tensor:
+def load_images(dataset: Any, indices: list[int], spec: DataSpec) -> torch.Tensor:
     """The model-sized images at ``indices``, un-normalised, values in [0, 1] (for figures)."""
     if not indices:
-        c, h, w = data_config["input_size"]
-        return torch.zeros(0, c, h, w)
+        return torch.zeros(0, spec.in_chans, *spec.img_size)
     if isinstance(getattr(dataset, "images", None), np.ndarray):
-        return _array_batch(dataset.images[np.asarray(indices)], data_config, normalize=False)
-    return _file_batch(dataset, indices, data_config, normalize=False)[0]
+        return array_eval_batch(dataset.images[np.asarray(indices)], spec, normalized=False)
+    return _file_batch(dataset, indices, spec, normalize=False)[0]
 
 
 def load_dataset(source: str, split: str) -> Any:
     """``vitkit.data.build_dataset`` (the training engine's source strings)."""
-    try:
-        from vitkit.data import build_dataset
-    except ImportError:
-        from vitkit.data.datasets import build_dataset
+    from vitkit.data import build_dataset
+
     return build_dataset(source, split)
 
 
@@ -138,7 +104,7 @@ def evaluate(
         raise VitkitError(f"batch_size must be >= 1 (got {batch_size})")
     class_names = check_classes(model, dataset)
     model.eval().to(device)
-    data_config = model.data_config
+    spec = DataSpec.from_model(model)
     n = len(dataset) if not max_samples else min(max_samples, len(dataset))
     if n == 0:
         raise VitkitError(f"data set {source or getattr(dataset, 'source', '')} is empty")
@@ -152,10 +118,10 @@ def evaluate(
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         if in_memory:
-            x = _array_batch(dataset.images[lo:hi], data_config)
+            x = array_eval_batch(dataset.images[lo:hi], spec)
             y = torch.from_numpy(targets_all[lo:hi].astype(np.int64))
         else:
-            x, y = _file_batch(dataset, range(lo, hi), data_config)
+            x, y = _file_batch(dataset, range(lo, hi), spec)
         logits = model(x.to(device)).float().cpu()
         if not torch.isfinite(logits).all():
             raise VitkitError(f"the model produced NaN/inf logits on images {lo}..{hi - 1}; the weights are broken")
@@ -213,7 +179,7 @@ def write_eval_outputs(
         )
         if model is not None and dataset is not None and num_misclassified > 0:
             idx = most_confident_mistakes(result, num_misclassified)
-            images = load_images(dataset, idx, model.data_config)
+            images = load_images(dataset, idx, DataSpec.from_model(model))
             files["misclassified"] = str(
                 plot_misclassified(
                     images,

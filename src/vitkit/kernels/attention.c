@@ -1,8 +1,8 @@
 /* Multi-head attention softmax(scale q k^T) v for CPU float32 inference, one (image, head, block of rows) per task.
  *
  * Why a kernel: PyTorch's CPU SDPA runs small problems (CvT-13's last stage: 197 queries x 50 keys x 64, ViT's
- * 197 x 197 x 64) at 50-110 GFLOP/s, a third to a half of what its matmuls reach, and the caller then copies
- * the (B, heads, N, d) result into (B, N, heads * d). Here K is transposed once per task into a 16-aligned
+ * 197 x 197 x 64) well below what its matmuls reach (benchmarks/README.md), and the caller then copies the
+ * (B, heads, N, d) result into (B, N, heads * d). Here K is transposed once per task into a 16-aligned
  * panel, 4 query rows at a time run Q K^T -> softmax -> P V with the scores in L1, and each output row is
  * written straight into the caller's (B, N, heads, d) layout.
  *

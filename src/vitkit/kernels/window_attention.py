@@ -1,30 +1,23 @@
-"""Swin's (shifted) window attention as one native kernel for CPU float32 inference (``window_attention.c``).
+"""Swin's (shifted) window attention as one native kernel for CPU float32 (``window_attention.c``).
 
-Measured on a 2-core AMD EPYC (AVX-512), batch 8, Swin-T's stage shapes: 2.2-3.8x faster than SDPA on the
-windows plus the roll / partition / reverse copies it replaces (``benchmarks/kernels.py``), 1.16x on the whole
-Swin-T (benchmarks/README.md). Used only where
-nothing but rounding can differ from the PyTorch path: eval mode, autograd off, CPU float32 without autocast, not
-while tracing / compiling / exporting or under a dispatch mode (FLOP counting), not while attention maps are
-recorded, head width a multiple of 16. The profiler sees it as ``vitkit::window_attention``. Set
-``vitkit.kernels.window_attention.NATIVE_WINDOW_ATTENTION = False`` (or ``VITKIT_NATIVE=0``) to compare.
+Per window, q / k / v are read straight from the qkv linear's output with the cyclic shift and the window partition
+done as index arithmetic; q k^T + relative-position bias (+ shift mask) -> softmax -> p v stay in L1, and each output
+row is written where its token sits in the unshifted map. So it replaces SDPA on the windows and the roll /
+partition / reverse copies around it. No dropout, no autograd: the inference engine (``vitkit.engine``) decides when
+it runs. The profiler sees ``vitkit::window_attention``.
 """
 
 import ctypes
 
 import torch
-from torch import nn
 
-from vitkit.kernels import load, plain_cpu_inference
+from vitkit.kernels import count_call, load
 
-NATIVE_WINDOW_ATTENTION = True
-MAX_TOKENS = 1024  # tokens per window (32 x 32): a thread's scratch holds a window's scores, 4 MiB at this size
+HEAD_MULTIPLE = 16  # head width must be a multiple of this (one 16-float vector)
+MAX_TOKENS = 1024  # tokens per window (32 x 32): a thread's scratch holds one window's scores
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _SIGNATURE = {"vk_window_attention": [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, ctypes.c_float, _I]}
-
-
-def library() -> ctypes.CDLL | None:
-    return load("window_attention", _SIGNATURE)
 
 
 def padded_width(tokens: int) -> int:
@@ -32,17 +25,50 @@ def padded_width(tokens: int) -> int:
     return tokens // 16 * 16 + 16
 
 
-def usable(x: torch.Tensor, module: nn.Module, num_heads: int, window: int) -> bool:
-    """True when ``module`` may run its window attention for input ``x`` through the kernel."""
-    return (
-        NATIVE_WINDOW_ATTENTION
-        and not module.training
-        and plain_cpu_inference(x)
-        and (x.shape[-1] // num_heads) % 16 == 0
-        and window * window <= MAX_TOKENS
-        and not getattr(module, "record_attention", False)
-        and library() is not None
-    )
+def _call(lib, qkv, bias, num_heads: int, window: int, shift: int, scale: float) -> torch.Tensor:
+    B, H, W, C3 = qkv.shape
+    out = torch.empty(B, H, W, C3 // 3, dtype=qkv.dtype)
+    per_window = int(bias.shape[0] != num_heads)
+    threads = torch.get_num_threads()
+    rc = lib.vk_window_attention(qkv.data_ptr(), out.data_ptr(), bias.data_ptr(), per_window,
+                                 B, H, W, C3 // 3, num_heads, window, shift, scale, threads)  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"native window attention failed ({'unsupported shape' if rc == 1 else 'out of memory'})")
+    return out
+
+
+def _reference(qkv, bias, heads: int, window: int, shift: int, scale: float) -> torch.Tensor:
+    """The same computation in plain torch, float64 (for the self-test)."""
+    B, H, W, C3 = qkv.shape
+    C, n = C3 // 3, window * window
+    x = torch.roll(qkv.double(), (-shift, -shift), (1, 2))
+    x = x.view(B, H // window, window, W // window, window, 3, heads, C // heads)
+    q, k, v = x.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B, -1, heads, n, C // heads).unbind(0)
+    b = bias[..., :n].double().view(-1, heads, n, n)  # (1 or nW, heads, n, n)
+    out = torch.softmax(q @ k.transpose(-2, -1) * scale + b, -1) @ v  # (B, nW, heads, n, d)
+    out = out.view(B, H // window, W // window, heads, window, window, -1).permute(0, 1, 4, 2, 5, 3, 6)
+    return torch.roll(out.reshape(B, H, W, C), (shift, shift), (1, 2))
+
+
+def _selftest(lib: ctypes.CDLL) -> str | None:
+    g = torch.Generator().manual_seed(0)
+    heads, window, shift = 2, 2, 1
+    qkv = torch.randn(2, 4, 6, 3 * heads * 16, generator=g)
+    n = window * window
+    bias = torch.full((6 * heads, n, padded_width(n)), float("-inf"))
+    bias[..., :n] = torch.randn(6 * heads, n, n, generator=g)
+    err = float((_call(lib, qkv, bias, heads, window, shift, 0.25).double() -
+                 _reference(qkv, bias, heads, window, shift, 0.25)).abs().max())  # fmt: skip
+    return None if err < 1e-4 else f"largest error {err:.2e} on a small problem"
+
+
+def library() -> ctypes.CDLL | None:
+    return load("window_attention", _SIGNATURE, _selftest)
+
+
+def supports(channels: int, num_heads: int, window: int) -> bool:
+    """Whether the kernel handles this layer at all (head width, tokens per window)."""
+    return channels % num_heads == 0 and (channels // num_heads) % HEAD_MULTIPLE == 0 and window * window <= MAX_TOKENS
 
 
 def window_attention(
@@ -50,8 +76,8 @@ def window_attention(
 ) -> torch.Tensor:
     """softmax(scale q k^T + bias) v inside each window of the map rolled by ``-shift``; the output unrolled.
 
-    qkv: (B, H, W, 3C), the qkv linear's output per token; bias: (heads, n, padded_width(n)) shared by every
-    window or (nW * heads, n, padded_width(n)) per window, columns past n = window**2 at -inf. Returns (B, H, W, C).
+    qkv: (B, H, W, 3C), the qkv linear's output per token; bias: (heads, n, padded_width(n)) shared by every window
+    or (nW * heads, n, padded_width(n)) per window, columns past n = window**2 at -inf. Returns (B, H, W, C).
     """
     lib = library()
     if lib is None:
@@ -60,9 +86,12 @@ def window_attention(
         raise ValueError(f"qkv must be a CPU float32 (B, H, W, 3C) tensor, got {qkv.dtype} {tuple(qkv.shape)}")
     B, H, W, C3 = qkv.shape
     C, n = C3 // 3, window * window
-    if C % num_heads or (C // num_heads) % 16:
-        raise ValueError(f"{C} channels over {num_heads} heads: the kernel needs a head width that is a multiple of 16")
-    if window <= 0 or H % window or W % window or not 0 <= shift < window or n > MAX_TOKENS:
+    if not supports(C, num_heads, window):
+        raise ValueError(
+            f"{C} channels over {num_heads} heads in {window} x {window} windows: the kernel needs a head width that "
+            f"is a multiple of {HEAD_MULTIPLE} and at most {MAX_TOKENS} tokens per window"
+        )
+    if window <= 0 or H % window or W % window or not 0 <= shift < window:
         raise ValueError(f"a {H} x {W} map does not split into {window} x {window} windows (shift {shift})")
     if B * H * W >= 2**31:
         raise ValueError(f"{B} x {H} x {W} tokens: the kernel indexes tokens with 32-bit integers; split the batch")
@@ -70,12 +99,6 @@ def window_attention(
     expected = [(num_heads, n, padded_width(n))] + ([(windows * num_heads, n, padded_width(n))] if shift else [])
     if tuple(bias.shape) not in expected or bias.dtype != torch.float32 or bias.device.type != "cpu":
         raise ValueError(f"bias must be float32 of shape {' or '.join(map(str, expected))}, got {tuple(bias.shape)}")
-    qkv, bias = qkv.contiguous(), bias.contiguous()
-    out = torch.empty(B, H, W, C, dtype=qkv.dtype)
-    per_window = int(bias.shape[0] != num_heads)
+    count_call("window_attention")
     with torch.profiler.record_function("vitkit::window_attention"):
-        rc = lib.vk_window_attention(qkv.data_ptr(), out.data_ptr(), bias.data_ptr(), per_window,
-                                     B, H, W, C, num_heads, window, shift, scale, torch.get_num_threads())  # fmt: skip
-    if rc != 0:
-        raise RuntimeError(f"native window attention failed ({'unsupported shape' if rc == 1 else 'out of memory'})")
-    return out
+        return _call(lib, qkv.contiguous(), bias.contiguous(), num_heads, window, shift, scale)

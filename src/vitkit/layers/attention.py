@@ -1,9 +1,9 @@
 """Scaled dot-product attention with an opt-in path that also returns the attention weights.
 
-SDPA (``F.scaled_dot_product_attention``, or vitkit's native kernel for CPU float32 inference) never
-materialises the (N x N) weights, so a module that has been asked to record them (``record_attention = True``)
-takes the explicit path for that call. Explain tools use :func:`get_attention_maps`, which flips the flag on
-every attention module of a model, runs one forward pass, and collects what each module stored.
+SDPA (``F.scaled_dot_product_attention``) never materialises the (N x N) weights, so a module that has been asked to
+record them (``record_attention = True``) takes the explicit path for that call. Explain tools use
+:func:`get_attention_maps`, which flips the flag on every attention module of a model, runs one forward pass, and
+collects what each module stored.
 """
 
 from dataclasses import dataclass, field
@@ -12,8 +12,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from vitkit.kernels import attention as native
 
 
 def attention(
@@ -26,13 +24,8 @@ def attention(
     dropout_p: float = 0.0,
     need_weights: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """q: (B, h, Nq, d), k/v: (B, h, Nk, d), attn_bias broadcastable to (B, h, Nq, Nk), added to logits.
-
-    CPU float32 inference without a bias runs vitkit's native kernel where it could be built (``kernels.attention``).
-    """
+    """q: (B, h, Nq, d), k/v: (B, h, Nk, d), attn_bias broadcastable to (B, h, Nq, Nk), added to logits."""
     if not need_weights:
-        if attn_bias is None and dropout_p == 0.0 and native.usable(q, k, v):
-            return native.attention(q, k, v, scale), None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
         return out, None
     logits = (q * scale) @ k.transpose(-2, -1)  # (B, h, Nq, Nk)

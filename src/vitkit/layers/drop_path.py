@@ -23,3 +23,8 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
+
+
+def drop_path_rates(rate: float, num_blocks: int) -> list[float]:
+    """Stochastic depth per block, ramping linearly from 0 at the first block to ``rate`` at the last."""
+    return [rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]

@@ -3,8 +3,6 @@
 import torch
 from torch import nn
 
-from vitkit.layers.fused import can_fuse, linear
-
 
 class Mlp(nn.Module):
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
@@ -15,9 +13,5 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``residual + mlp(x)`` when a residual is given: on the fused CPU path the add rides in fc2."""
-        if can_fuse(x, self) and type(self.act) is nn.GELU and self.act.approximate == "none":
-            return linear(linear(x, self.fc1, gelu=True), self.fc2, residual=residual)
-        y = self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-        return y if residual is None else residual + y
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))

@@ -1,39 +1,50 @@
 """What every vitkit model shares: the timm-style API around a family's own forward_features."""
 
 import dataclasses
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
+from vitkit.errors import CheckpointError
 from vitkit.layers.attention import AttentionMap, get_attention_maps
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF_MEAN = (0.5, 0.5, 0.5)
-HALF_STD = (0.5, 0.5, 0.5)
+from vitkit.models.config import ModelConfig, to_2tuple
 
 
-def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(x, (tuple, list)):
-        if len(x) != 2:
-            raise ValueError(f"expected an int or a pair (height, width), got {x!r}")
-        return int(x[0]), int(x[1])
-    return int(x), int(x)
+def adapt_input_conv(weight: torch.Tensor, in_chans: int, name: str = "stem") -> torch.Tensor:
+    """Fit a (O, I, kh, kw) stem filter to ``in_chans`` input channels.
+
+    RGB -> grayscale sums the filters, so a gray image (R = G = B) gives the same activation as before.
+    Grayscale -> RGB repeats and divides by 3 for the same reason; other counts cycle the channels.
+    """
+    have = weight.shape[1]
+    if have == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    if have == 1:
+        return weight.repeat(1, in_chans, 1, 1) / in_chans
+    if have != 3:
+        raise CheckpointError(f"{name}: cannot adapt {have} input channels to {in_chans}")
+    warnings.warn(f"{name}: adapting 3 input channels to {in_chans} by cycling RGB filters", stacklevel=2)
+    reps = -(-in_chans // 3)
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (3 / in_chans)
 
 
 class VisionModel(nn.Module):
     """Base class: ``forward = forward_head(forward_features(x))``.
 
-    Subclasses set ``family``, build themselves from ``config`` (a frozen dataclass) and implement
-    ``forward_features``, ``forward_head``, ``reset_classifier``, ``no_weight_decay`` and
-    ``layer_id`` (for layer-wise learning-rate decay). Checkpoint loaders call ``adapt_state_dict``
-    so each family can resize what depends on the input size (position embeddings, bias tables).
+    Subclasses set ``family`` and ``stem_key`` (the first convolution's weight), build themselves from ``config``
+    (a frozen :class:`~vitkit.models.config.ModelConfig`) and implement ``forward_features``, ``forward_head``,
+    ``no_weight_decay`` and ``layer_id`` (for layer-wise learning-rate decay). Checkpoint loaders call
+    ``adapt_state_dict`` so each family can resize what depends on the input size (position embeddings, bias tables).
     """
 
     family: str = ""
+    stem_key: str = ""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.grad_checkpointing = False
@@ -90,8 +101,12 @@ class VisionModel(nn.Module):
         raise NotImplementedError
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Make a checkpoint of the same family fit this model's input size / channels."""
-        return state_dict
+        """Make a checkpoint of the same family fit this model's input size and channels (the stem here;
+        families resize what depends on the input size)."""
+        sd = dict(state_dict)
+        if self.stem_key in sd:
+            sd[self.stem_key] = adapt_input_conv(sd[self.stem_key], self.config.in_chans, self.stem_key)
+        return sd
 
     @property
     def data_config(self) -> dict[str, Any]:

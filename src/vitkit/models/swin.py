@@ -1,32 +1,22 @@
-"""Swin Transformer (Liu et al., 2021), read top to bottom.
+"""Swin Transformer (Liu et al., 2021), read top to bottom in the order of the study note.
 
 image (B, C, H, W)
-  -> patch partition + linear embedding: conv with kernel = stride = patch, then LayerNorm    (B, H/4, W/4, C)
-  -> stage 1: blocks that alternate W-MSA (attention inside non-overlapping ws x ws windows) and SW-MSA
-     (the same after a cyclic shift by ws // 2, with a mask so tokens only attend to their true neighbours)
+  -> patch partition + linear embedding: a conv with kernel = stride = patch, then LayerNorm   (B, H/4, W/4, C)
+  -> stage 1: blocks that alternate W-MSA (attention inside non-overlapping ws x ws windows) and SW-MSA (the same
+     after a cyclic shift of the map by ws // 2, with a mask so tokens only attend to their true neighbours)
   -> stages 2..S: patch merging (2x2 neighbours concatenated -> LayerNorm -> linear 4C -> 2C), then blocks
-  -> LayerNorm -> the head averages all tokens                                               (B, num_classes)
+  -> LayerNorm -> the head averages all tokens                                                (B, num_classes)
 
 Every window adds a learned relative position bias: one table of (2ws-1)^2 x heads values, read through
-:func:`relative_position_index`. Attention cost is linear in the number of pixels (windows of fixed size).
+:func:`relative_position_index`, the note's five steps. Windows have a fixed size, so the attention cost grows
+linearly with the number of pixels.
 
-Any input size works, padded exactly like transformers' ``SwinForImageClassification``: the image is padded
-to a multiple of the patch, each block pads its feature map (right/bottom, after norm1) to a multiple of the
-window, patch merging pads odd sides, and a stage whose smaller side is not larger than the window uses one
-window of that side and no shift. Parameter names follow timm (>= 0.9), so timm checkpoints load as they are.
-
-Speed: window partition and reverse are one view/permute copy each (the head split rides along); the shift
-mask, the table index and the cyclic-shift index are built once per (resolution, window, shift, dtype, device)
-and cached; one SDPA call per block covers every window of every image, with the bias + mask broadcast over
-the batch rather than copied. In eval mode without autograd on CPU float32, the whole window attention (shift,
-partition, softmax(q k^T + bias) v, reverse) is one native kernel when it could be built
-(``vitkit.kernels.window_attention``, the same numbers, 2-4x faster than SDPA + copies on 7 x 7 windows);
-bias, GELU and residual adds are fused into oneDNN matmuls (``vitkit.layers.fused``), and a stage with large
-activations runs over slices of the batch so that no temporary is big enough to be page-faulted in afresh on
-every call (``layers.micro_batch``).
+Any input size works, padded exactly like transformers' ``SwinForImageClassification``: the image is padded to a
+multiple of the patch, each block pads its feature map (right / bottom, after norm1) to a multiple of the window,
+patch merging pads odd sides, and a stage whose smaller side is not larger than the window uses one window of that
+side and no shift. Parameter names follow timm (>= 0.9), so timm checkpoints load as they are.
 """
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -35,64 +25,38 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitkit.kernels import window_attention as native
-from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, can_fuse, linear
+from vitkit.errors import CheckpointError
+from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, drop_path_rates
 from vitkit.layers.init import init_linear_and_norms_
-from vitkit.layers.micro_batch import num_micro_batches
-from vitkit.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel, to_2tuple
-from vitkit.registry import register_family, register_model
+from vitkit.models.base import VisionModel
+from vitkit.models.config import ModelConfig
+from vitkit.models.registry import register_family, register_model
 
 
 @dataclass(frozen=True)
-class SwinConfig:
-    img_size: int | tuple[int, int] = 224
+class SwinConfig(ModelConfig):
     patch_size: int = 4
-    in_chans: int = 3
-    num_classes: int = 1000
     embed_dim: int = 96  # channels of stage 1; each later stage doubles them
     depths: tuple[int, ...] = (2, 2, 6, 2)  # blocks per stage; len(depths) = number of stages
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
     window_size: int = 7
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    drop_rate: float = 0.0  # before the head
-    proj_drop_rate: float = 0.0  # after attention projection and in the MLP
-    attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.1  # timm's and transformers' default for Swin
     norm_eps: float = 1e-5
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.9
 
-    def __post_init__(self) -> None:
-        h, w = to_2tuple(self.img_size)
-        if h < 1 or w < 1:
-            raise ValueError(f"img_size must be positive, got {self.img_size!r}")
-        for name in ("patch_size", "in_chans", "embed_dim", "window_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+    family = "swin"
+
+    def check(self) -> None:
         if len(self.depths) == 0 or len(self.depths) != len(self.num_heads):
-            raise ValueError(
-                f"depths {tuple(self.depths)} and num_heads {tuple(self.num_heads)} need the same length >= 1"
-            )
-        if any(d < 1 for d in self.depths):
-            raise ValueError(f"every stage needs at least one block, got depths {tuple(self.depths)}")
+            raise ValueError(f"depths / num_heads: {self.depths} and {self.num_heads} need the same length >= 1")
         for i, heads in enumerate(self.num_heads):
-            dim = self.embed_dim * 2**i
-            if heads < 1 or dim % heads:
-                raise ValueError(f"stage {i}: dim {dim} is not divisible by num_heads {heads}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for name in ("drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if len(self.mean) != len(self.std):
-            raise ValueError(f"mean {tuple(self.mean)} and std {tuple(self.std)} differ in length")
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+            if self.stage_dim(i) % heads:
+                raise ValueError(f"num_heads: stage {i} has {self.stage_dim(i)} channels, not divisible by {heads}")
+
+    def approx_params(self) -> float:
+        return sum(self.block_params(self.stage_dim(i), d) for i, d in enumerate(self.depths))
+
+    def stage_dim(self, i: int) -> int:
+        return self.embed_dim * 2**i
 
     @property
     def num_stages(self) -> int:
@@ -100,10 +64,39 @@ class SwinConfig:
 
     @property
     def num_features(self) -> int:
-        return self.embed_dim * 2 ** (self.num_stages - 1)
+        return self.stage_dim(self.num_stages - 1)
 
 
-# --- relative position bias and shift mask (cached per window / resolution) ------------------------
+# --- windows, the cyclic shift's mask and the relative position index ----------------------------------------
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, nW, ws*ws, C): non-overlapping windows in raster order, tokens row-major inside each."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window, window, W // window, window, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, -1, window * window, C)
+
+
+def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    """(B, nW, ws*ws, C) -> (B, H, W, C): the inverse of :func:`window_partition`."""
+    B, _, _, C = windows.shape
+    x = windows.view(B, height // window, width // window, window, window, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, height, width, C)
+
+
+def shift_mask(height: int, width: int, window: int, shift: int, device=None, dtype=None) -> torch.Tensor:
+    """Additive mask (nW, N, N) for SW-MSA on a (height, width) map: 0 within a region, -100 across regions.
+
+    After the cyclic shift a window can hold tokens from up to 4 regions that are not neighbours in the image;
+    each axis has 3 regions, [0, L-ws), [L-ws, L-shift) and [L-shift, L), as in the paper and transformers.
+    """
+    rows, cols = torch.arange(height, device=device), torch.arange(width, device=device)
+    row_region = (rows >= height - window).long() + (rows >= height - shift).long()
+    col_region = (cols >= width - window).long() + (cols >= width - shift).long()
+    region = row_region[:, None] * 3 + col_region[None, :]  # (H, W) region id of every token
+    region = window_partition(region.view(1, height, width, 1), window).view(-1, window * window)  # (nW, N)
+    same = region[:, :, None] == region[:, None, :]  # (nW, N, N)
+    return torch.zeros(same.shape, device=device, dtype=dtype).masked_fill_(~same, -100.0)
+
+
 def relative_position_index(window_size: int) -> torch.Tensor:
     """Index into the (2ws-1)^2 bias table for every (query, key) pair of a ws x ws window.
 
@@ -119,75 +112,6 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return dy * (2 * ws - 1) + dx  # (N, N)
 
 
-def _cached(build):
-    """``lru_cache`` for the index / mask tensors below, always built as normal tensors.
-
-    A tensor first built under ``torch.inference_mode`` would be an inference tensor, and a later training
-    step that saves it for backward (``index_select``) would fail; building outside inference mode avoids that.
-    """
-
-    @functools.lru_cache(maxsize=64)
-    @functools.wraps(build)
-    def cached(*args):
-        with torch.inference_mode(False):
-            return build(*args)
-
-    return cached
-
-
-@_cached
-def _table_index(window: int, table_window: int, device: torch.device) -> torch.Tensor:
-    """Flat index into a table built for ``table_window`` for the pairs of a smaller (or equal) window.
-
-    A stage smaller than its window attends within one window of side ``window``; its offsets are a
-    subset of the table's, so the same table serves it unchanged.
-    """
-    if window == table_window:
-        index = relative_position_index(window)
-    else:
-        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-        relative = coords[:, :, None] - coords[:, None, :] + (table_window - 1)
-        index = relative[0] * (2 * table_window - 1) + relative[1]
-    return index.flatten().to(device)  # (N*N,)
-
-
-@_cached
-def _shift_mask(height: int, width: int, window: int, shift: int, dtype: torch.dtype, device: torch.device):
-    """Additive mask (num_windows, N, N) for SW-MSA on a (height, width) map: 0 inside a region, -100 across.
-
-    After the cyclic shift a window can hold tokens from up to 4 regions that are not neighbours in the
-    image; each axis has 3 regions ([0, L-ws), [L-ws, L-s), [L-s, L)) as in the paper and transformers.
-    """
-    h = torch.arange(height)
-    w = torch.arange(width)
-    h_region = (h >= height - window).long() + (h >= height - shift).long()
-    w_region = (w >= width - window).long() + (w >= width - shift).long()
-    region = h_region[:, None] * 3 + w_region[None, :]  # (H, W) region id
-    region = region.view(height // window, window, width // window, window).transpose(1, 2)
-    region = region.reshape(-1, window * window)  # (num_windows, N)
-    mask = torch.zeros(region.shape[0], region.shape[1], region.shape[1])
-    mask.masked_fill_(region[:, :, None] != region[:, None, :], -100.0)
-    return mask.to(device=device, dtype=dtype)
-
-
-@_cached
-def _roll_index(height: int, width: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Flat source index of ``torch.roll(x, (shift, shift), (1, 2))`` on a (B, H, W, C) map.
-
-    One ``index_select`` over the H*W tokens is a single pass; ``torch.roll`` over two dims makes two.
-    """
-    rows = (torch.arange(height) - shift) % height
-    cols = (torch.arange(width) - shift) % width
-    return (rows[:, None] * width + cols[None, :]).flatten().to(device)  # (H*W,)
-
-
-def cyclic_shift(x: torch.Tensor, shift: int) -> torch.Tensor:
-    """Same as ``torch.roll(x, shifts=(shift, shift), dims=(1, 2))`` for x (B, H, W, C), in one pass."""
-    B, H, W, C = x.shape
-    index = _roll_index(H, W, shift, x.device)
-    return x.reshape(B, H * W, C).index_select(1, index).view(B, H, W, C)
-
-
 def window_and_shift(height: int, width: int, window_size: int, shift_size: int) -> tuple[int, int]:
     """transformers' rule: a stage not larger than the window is one window of its smaller side, unshifted."""
     if min(height, width) <= window_size:
@@ -195,7 +119,7 @@ def window_and_shift(height: int, width: int, window_size: int, shift_size: int)
     return window_size, shift_size
 
 
-# --- modules ---------------------------------------------------------------------------------------
+# --- modules ----------------------------------------------------------------------------------------------
 class PatchEmbed(nn.Module):
     """Patch partition + linear embedding: one strided conv, then LayerNorm, channels last."""
 
@@ -205,15 +129,14 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dim, eps=eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, H/p, W/p, D)
         _, c, h, w = x.shape
         if c != self.proj.in_channels:
             raise ValueError(f"input has {c} channels, the model expects {self.proj.in_channels}")
         p = self.patch_size
         if h % p or w % p:  # zero-pad right / bottom to a multiple of the patch, as transformers does
             x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
-        x = self.proj(x).permute(0, 2, 3, 1)  # (B, H/p, W/p, D)
-        return self.norm(x)
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 class PatchMerging(nn.Module):
@@ -224,18 +147,18 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(4 * dim, eps=eps)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H/2, W/2, 2C)
         B, H, W, C = x.shape
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
             H, W = H + H % 2, W + W % 2
         # concat order x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] (paper, timm, transformers)
         x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)
-        return linear(self.norm(x), self.reduction)  # (B, H/2, W/2, 2C)
+        return self.reduction(self.norm(x))
 
 
 class WindowAttention(nn.Module, RecordsAttention):
-    """Multi-head self-attention inside windows, with the relative position bias (and the shift mask)."""
+    """Multi-head self-attention inside each window, with the relative position bias (and the shift mask)."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool, attn_drop: float, proj_drop: float):
         super().__init__()
@@ -247,98 +170,38 @@ class WindowAttention(nn.Module, RecordsAttention):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.stage_idx = self.block_idx = 0  # for the attention-map metadata
-        self._bias_cache: dict[tuple, tuple[tuple[int, int], torch.Tensor]] = {}
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self.stage_idx = self.block_idx = 0  # where this layer sits, for the attention-map metadata
 
-    def attn_bias(self, hp: int, wp: int, window: int, shift: int, padded: bool = False) -> torch.Tensor:
-        """Relative position bias (+ shift mask): (heads, N, N) without shift, (nW * heads, N, N) with it.
-
-        ``padded``: rows padded with -inf columns to the native kernel's width (inference only).
-
-        The index and the mask are cached per size. With autograd on, the bias is gathered from the table on
-        every call (cheap: N*N*heads values) so the table gets gradients; under no_grad / inference_mode the
-        finished tensor is kept too, and rebuilt whenever the table changes (version counter or storage).
-        """
-        table = self.relative_position_bias_table
-        key = (hp, wp, window, shift, padded, table.dtype, table.device)
-        stamp = (-1 if table.is_inference() else table._version, table.data_ptr())  # inference tensors: no counter
-        # cached tensors never enter an autograd graph, nor a graph being compiled
-        needs_grad = torch.is_grad_enabled() or torch.compiler.is_compiling()
-        if not needs_grad:
-            hit = self._bias_cache.get(key)
-            if hit is not None and hit[0] == stamp:
-                return hit[1]
+    def relative_position_bias(self, window: int) -> torch.Tensor:
+        """(heads, N, N): the table entry of every (query, key) pair of a ``window`` x ``window`` window."""
+        table, index = self.relative_position_bias_table, self.relative_position_index
+        if window != self.window_size:  # a stage smaller than the window: its offsets are the table's centre
+            side, o = 2 * self.window_size - 1, self.window_size - window
+            table = table.view(side, side, -1)[o : side - o, o : side - o].reshape(-1, self.num_heads)
+            index = relative_position_index(window).to(table.device)
         n = window * window
-        bias = table.index_select(0, _table_index(window, self.window_size, table.device))  # (N*N, heads)
-        bias = bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
-        if shift:
-            mask = _shift_mask(hp, wp, window, shift, table.dtype, table.device)  # (nW, N, N)
-            bias = (mask.unsqueeze(1) + bias).flatten(0, 1)  # (nW * heads, N, N)
-        if padded:
-            bias = F.pad(bias, (0, native.padded_width(n) - n), value=float("-inf"))  # (..., N, padded)
-        if not needs_grad:
-            if len(self._bias_cache) >= 8:
-                self._bias_cache.clear()
-            self._bias_cache[key] = (stamp, bias.detach().contiguous())
-        return bias
+        return table[index.view(-1)].view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, window: int, shift: int, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, H, W, C) after norm1. ``residual`` (fused path only) is added to the output projection."""
-        B, H, W, C = x.shape
-        heads, hd = self.num_heads, C // self.num_heads
-        pad_b, pad_r = (-H) % window, (-W) % window
-        if pad_b or pad_r:  # zero tokens right / bottom (transformers pads after norm1, before the shift)
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
-        if native.usable(x, self, heads, window):
-            # one kernel: the shift, the window partition and its reverse are index arithmetic there
-            bias = self.attn_bias(Hp, Wp, window, shift, padded=True)
-            out = native.window_attention(linear(x, self.qkv), bias, heads, window, shift, self.scale)
-            return self._project(out[:, :H, :W] if pad_b or pad_r else out, residual)
-        if shift:
-            x = cyclic_shift(x, -shift)
-        nh, nw, n = Hp // window, Wp // window, window * window
-        if shift == 0:
-            # W-MSA, one bias for every window: partition x (one copy), windows as batch, q/k/v strided views
-            x = x.view(B, nh, window, nw, window, C).permute(0, 1, 3, 2, 4, 5).reshape(B * nh * nw, n, C)
-            q, k, v = linear(x, self.qkv).view(-1, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            # SW-MSA, a mask per window: qkv per token, then one copy does partition + head split into
-            # (B, nW * heads, N, hd), so the (nW * heads, N, N) bias + mask broadcasts over the batch
-            qkv = linear(x, self.qkv).view(B, nh, window, nw, window, 3, heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
-            q, k, v = qkv.reshape(3, B, nh * nw * heads, n, hd).unbind(0)
-        bias = self.attn_bias(Hp, Wp, window, shift)
-        dropout_p = self.attn_drop if self.training else 0.0
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: windows (B, nW, N, C); mask: (nW, N, N) for SW-MSA. Returns (B, nW, N, C)."""
+        B, nW, N, C = x.shape
+        heads, window = self.num_heads, math.isqrt(N)
+        qkv = self.qkv(x).reshape(B, nW, N, 3, heads, C // heads).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, N, d)
+        q, k, v = qkv.reshape(3, B, nW * heads, N, C // heads).unbind(0)  # windows x heads as attention heads
+        bias = self.relative_position_bias(window).unsqueeze(0)  # (1, heads, N, N)
+        if mask is not None:
+            bias = bias + mask.unsqueeze(1).to(bias.dtype)  # (nW, heads, N, N)
+        bias = bias.expand(nW, heads, N, N).reshape(1, nW * heads, N, N)  # the same for every image
+        dropout_p, bias = self.attn_drop if self.training else 0.0, bias.to(q.dtype)
         out, weights = attention(
-            q,
-            k,
-            v,
-            scale=self.scale,
-            attn_bias=bias.unsqueeze(0).to(q.dtype),  # (1, heads, N, N) or (1, nW * heads, N, N)
-            dropout_p=dropout_p,
-            need_weights=self.record_attention,
+            q, k, v, scale=self.scale, attn_bias=bias, dropout_p=dropout_p, need_weights=self.record_attention
         )
         if weights is not None:
             self.store_attention(
-                weights.reshape(B, nh * nw, heads, n, n),
-                window_size=window,
-                shift_size=shift,
-                grid=(Hp, Wp),
-                num_windows=(nh, nw),
-                stage=self.stage_idx,
-                block=self.block_idx,
+                weights.reshape(B, nW, heads, N, N), window_size=window, stage=self.stage_idx, block=self.block_idx
             )
-        # window reverse + head merge in one copy: (B, nh, ws, nw, ws, heads, hd) -> (B, Hp, Wp, C)
-        out = out.reshape(B, nh, nw, heads, window, window, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
-        if shift:
-            out = cyclic_shift(out, shift)
-        if pad_b or pad_r:
-            out = out[:, :H, :W]
-        return self._project(out, residual)
-
-    def _project(self, out: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        if residual is not None:
-            return linear(out, self.proj, residual=residual)
+        out = out.view(B, nW, heads, N, C // heads).transpose(2, 3).reshape(B, nW, N, C)  # heads side by side
         return self.proj_drop(self.proj(out))
 
 
@@ -359,21 +222,32 @@ class SwinBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
-        window, shift = window_and_shift(x.shape[1], x.shape[2], self.window_size, self.shift_size)
-        if can_fuse(x, self):  # eval, no autograd: drop paths are identities, residual adds go into the matmuls
-            x = self.attn(self.norm1(x), window, shift, residual=x)
-            return self.mlp(self.norm2(x), residual=x)
-        x = x + self.drop_path1(self.attn(self.norm1(x), window, shift))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
+        _, H, W, _ = x.shape
+        window, shift = window_and_shift(H, W, self.window_size, self.shift_size)
+        shortcut, x = x, self.norm1(x)
+        pad_b, pad_r = (-H) % window, (-W) % window
+        if pad_b or pad_r:  # zero tokens right / bottom to whole windows (transformers pads after norm1)
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        mask = None
+        if shift:  # SW-MSA: roll the map up-left, so windows straddle the previous block's window borders
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+            mask = shift_mask(Hp, Wp, window, shift, x.device)
+        x = window_reverse(self.attn(window_partition(x, window), mask), window, Hp, Wp)  # (B, Hp, Wp, C)
+        if self.attn.attention_meta is not None and self.attn.record_attention:  # where each window sits
+            self.attn.attention_meta |= dict(shift_size=shift, grid=(Hp, Wp), num_windows=(Hp // window, Wp // window))
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        x = shortcut + self.drop_path1(x[:, :H, :W])
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class SwinStage(nn.Module):
-    """Optional patch merging at the start (timm >= 0.9 layout), then ``depth`` blocks."""
+    """Patch merging at the start (except in stage 1; timm >= 0.9 layout), then ``depth`` blocks."""
 
     def __init__(self, cfg: SwinConfig, idx: int, drop_path: list[float]) -> None:
         super().__init__()
-        dim = cfg.embed_dim * 2**idx
+        dim = cfg.stage_dim(idx)
         self.downsample = PatchMerging(dim // 2, cfg.norm_eps) if idx > 0 else nn.Identity()
         self.blocks = nn.ModuleList(
             SwinBlock(cfg, dim, cfg.num_heads[idx], shift=j % 2 == 1, drop_path=drop_path[j])
@@ -382,45 +256,30 @@ class SwinStage(nn.Module):
         for j, blk in enumerate(self.blocks):
             blk.attn.stage_idx, blk.attn.block_idx = idx, j
         self.grad_checkpointing = False
-        self.downsample_tokens = idx > 0
-        self.widest_channels = int(dim * max(3.0, cfg.mlp_ratio))  # qkv has 3 * dim, the MLP hidden mlp_ratio * dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C_in) -> (B, H', W', dim)
-        n = self.num_micro_batches(x)
-        if n > 1:  # same result, small temporaries
-            return torch.cat([self._forward(part) for part in x.tensor_split(n)])
-        return self._forward(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
+                x = checkpoint(blk, x, use_reentrant=False)  # recomputed in backward instead of stored
             else:
                 x = blk(x)
         return x
 
-    def num_micro_batches(self, x: torch.Tensor) -> int:
-        """1, or how many slices of the batch this stage runs over (``vitkit.layers.micro_batch``)."""
-        B, H, W, _ = x.shape
-        if self.downsample_tokens:
-            H, W = (H + 1) // 2, (W + 1) // 2
-        widest = B * H * W * self.widest_channels * x.element_size()  # bytes of the MLP hidden (or qkv) tensor
-        return num_micro_batches(self, x, widest)
-
 
 class SwinTransformer(VisionModel):
     family = "swin"
+    stem_key = "patch_embed.proj.weight"
 
     def __init__(self, config: SwinConfig) -> None:
         super().__init__(config)
         cfg = config
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, cfg.norm_eps)
-        n = sum(cfg.depths)
-        dpr = [cfg.drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # stochastic depth ramps with depth
+        self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
+        rates = drop_path_rates(cfg.drop_path_rate, sum(cfg.depths))  # one ramp over all blocks of all stages
         starts = [sum(cfg.depths[:i]) for i in range(cfg.num_stages)]
         self.layers = nn.ModuleList(
-            SwinStage(cfg, i, dpr[starts[i] : starts[i] + cfg.depths[i]]) for i in range(cfg.num_stages)
+            SwinStage(cfg, i, rates[starts[i] : starts[i] + cfg.depths[i]]) for i in range(cfg.num_stages)
         )
         self.norm = nn.LayerNorm(cfg.num_features, eps=cfg.norm_eps)
         self.head_drop = nn.Dropout(cfg.drop_rate)
@@ -444,22 +303,22 @@ class SwinTransformer(VisionModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H', W', num_features), channels last like timm; H' = ceil(H / patch / 2^(S-1))."""
-        x = self.patch_embed(x)  # (B, H/p, W/p, D)
+        x = self.pos_drop(self.patch_embed(x))  # (B, H/p, W/p, D)
         for stage in self.layers:
             x = stage(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean(dim=(1, 2)))  # average of all tokens
+        x = self.head_drop(x.mean(dim=(1, 2)))  # the average of all tokens
         return x if pre_logits else self.head(x)
 
     def get_attention_maps(self, x):
         """Per block: weights (B, num_windows, heads, ws*ws, ws*ws), softmax over the last axis.
 
-        Windows are in raster order over the block's padded and (for SW-MSA) cyclically shifted grid:
-        window ``i * nw + j`` holds the tokens at rows ``i*ws .. i*ws+ws-1`` and columns ``j*ws ..`` of that
-        grid, row-major inside the window. Token (r, c) of the shifted grid is token ((r + shift) % Hp,
-        (c + shift) % Wp) of the stage's feature map; rows / columns >= the stage's size are padding.
+        Windows are in raster order over the block's padded and (for SW-MSA) cyclically shifted grid: window
+        ``i * nw + j`` holds the tokens at rows ``i*ws .. i*ws+ws-1`` and columns ``j*ws ..`` of that grid, row-major
+        inside the window. Token (r, c) of the shifted grid is token ((r + shift) % Hp, (c + shift) % Wp) of the
+        stage's feature map; rows / columns >= the stage's size are padding.
         ``meta``: window_size, shift_size, grid (padded Hp, Wp), num_windows (nh, nw), stage, block.
         """
         return super().get_attention_maps(x)
@@ -479,33 +338,24 @@ class SwinTransformer(VisionModel):
             return 0
         if param_name.startswith("layers."):
             parts = param_name.split(".")
-            stage = int(parts[1])
-            before = sum(self.config.depths[:stage])
-            if parts[2] == "downsample":
-                return before
-            return before + int(parts[3]) + 1
+            before = sum(self.config.depths[: int(parts[1])])
+            return before if parts[2] == "downsample" else before + int(parts[3]) + 1
         return self.num_layers() + 1
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Drop cached buffers, resize bias tables to this window (bicubic, as the official repo does for
+        """Drop stored index / mask buffers, resize bias tables to this window (bicubic, as the official repo does for
         384 fine-tuning) and fit the stem to ``in_chans``."""
-        from vitkit.convert.common import adapt_input_conv
-
         sd = {k: v for k, v in state_dict.items() if not k.endswith(("relative_position_index", "attn_mask"))}
+        sd = super().adapt_state_dict(sd)
         own = dict(self.named_parameters())
         for k, v in sd.items():
             if k.endswith("relative_position_bias_table") and k in own and v.shape != own[k].shape:
                 sd[k] = resize_bias_table(v, self.config.window_size, k)
-        key = "patch_embed.proj.weight"
-        if key in sd:
-            sd[key] = adapt_input_conv(sd[key], self.config.in_chans, key)
         return sd
 
 
 def resize_bias_table(table: torch.Tensor, window_size: int, name: str = "relative_position_bias_table"):
     """((2w-1)^2, heads) -> ((2ws-1)^2, heads) by bicubic interpolation of the (2w-1) x (2w-1) offset grid."""
-    from vitkit.errors import CheckpointError
-
     side = math.isqrt(table.shape[0])
     if table.ndim != 2 or side * side != table.shape[0]:
         raise CheckpointError(f"{name}: expected a ((2w-1)^2, heads) table, got shape {tuple(table.shape)}")
@@ -519,7 +369,7 @@ def resize_bias_table(table: torch.Tensor, window_size: int, name: str = "relati
 
 register_family("swin", SwinConfig, SwinTransformer)
 
-# --- registered configurations ---------------------------------------------------------------------
+# --- registered configurations ---------------------------------------------------------------------------
 _SIZES = {  # name: (embed_dim, depths, num_heads)
     "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
     "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),

@@ -1,16 +1,15 @@
-"""Vision Transformer (Dosovitskiy et al., 2021), read top to bottom.
+"""Vision Transformer (Dosovitskiy et al., 2021), read top to bottom in the order of the study note.
 
 image (B, C, H, W)
-  -> patch embedding: conv with kernel = stride = patch, patches in raster order   (B, N, D)
-  -> prepend a learned [CLS] token, add a learned position embedding             (B, 1+N, D)
+  -> patch embedding: a conv with kernel = stride = patch, patches in raster order (left to right, top to bottom)
+                                                                                   (B, N, D), N = H/p * W/p
+  -> a learned [CLS] token in front, a learned position embedding added          (B, 1+N, D)
   -> depth x pre-norm encoder block: x + MHSA(LN(x)); x + MLP(LN(x))
-  -> LayerNorm -> the head reads the [CLS] token (or the mean of patch tokens)    (B, num_classes)
+  -> LayerNorm -> the head reads the [CLS] token (or the mean of the patch tokens) (B, num_classes)
 
-Attention cost grows with N^2, N = (H/patch) * (W/patch). Parameter names follow timm, so timm
-checkpoints load as they are; Hugging Face checkpoints are mapped in ``vitkit.convert.vit``.
-Any input whose sides are multiples of the patch size works: the position embedding is resampled bicubically
-to the new grid. Speed: one fused q/k/v matmul and SDPA (CPU fp32 inference: kernels.attention); in eval mode
-without autograd on CPU, GELU and the residual adds are fused into oneDNN matmuls (``vitkit.layers.fused``).
+Self-attention relates every patch to every other one, so its cost grows with N^2. Parameter names follow timm, so
+timm checkpoints load as they are; Hugging Face checkpoints are mapped in ``vitkit.convert.vit``. Any input whose
+sides are multiples of the patch works: the position embedding is resampled bicubically to the new grid.
 """
 
 import math
@@ -21,48 +20,42 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, can_fuse, linear
+from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, drop_path_rates
 from vitkit.layers.init import init_linear_and_norms_
-from vitkit.layers.micro_batch import num_micro_batches
-from vitkit.models.base import HALF_MEAN, HALF_STD, VisionModel, to_2tuple
-from vitkit.registry import register_family, register_model
+from vitkit.models.base import VisionModel
+from vitkit.models.config import HALF_MEAN, HALF_STD, ModelConfig, to_2tuple
+from vitkit.models.registry import register_family, register_model
 
 
 @dataclass(frozen=True)
-class ViTConfig:
-    img_size: int | tuple[int, int] = 224
+class ViTConfig(ModelConfig):
     patch_size: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
     class_token: bool = True
-    global_pool: str = "token"  # "token": read [CLS]; "avg": mean of patch tokens (then fc_norm)
-    drop_rate: float = 0.0  # before the head
-    pos_drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
-    proj_drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    norm_eps: float = 1e-6  # timm uses 1e-6, Hugging Face 1e-12
+    global_pool: str = "token"  # "token": read [CLS]; "avg": mean of the patch tokens (then fc_norm)
     pos_embed_antialias: bool = True  # timm resamples with antialias, Hugging Face without
+    norm_eps: float = 1e-6  # timm uses 1e-6, Hugging Face 1e-12
     mean: tuple[float, ...] = HALF_MEAN
     std: tuple[float, ...] = HALF_STD
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.9
 
-    def __post_init__(self) -> None:
+    family = "vit"
+
+    def check(self) -> None:
         h, w = to_2tuple(self.img_size)
         if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"img_size {h}x{w} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(f"img_size: {h}x{w} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(f"num_heads: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+            raise ValueError(f"global_pool: must be 'token' or 'avg', got {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
-            raise ValueError("global_pool='token' needs class_token=True")
+            raise ValueError("global_pool: 'token' needs class_token=True")
+
+    def approx_params(self) -> float:
+        tokens = math.prod(self.grid_size) + 1
+        return self.block_params(self.embed_dim, self.depth) + tokens * self.embed_dim
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -78,17 +71,19 @@ class PatchEmbed(nn.Module):
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, N, D)
         _, c, h, w = x.shape
         p = self.patch_size
         if c != self.proj.in_channels:
             raise ValueError(f"input has {c} channels, the model expects {self.proj.in_channels}")
         if h % p or w % p:
             raise ValueError(f"input size {h}x{w} is not a multiple of the patch size {p}")
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, D), raster order
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, H/p, W/p) -> (B, N, D), raster order
 
 
 class Attention(nn.Module, RecordsAttention):
+    """Multi-head self-attention: one linear makes q, k and v for every token, SDPA mixes them."""
+
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -98,18 +93,15 @@ class Attention(nn.Module, RecordsAttention):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, N, C) after norm1. ``residual`` (fused path only) is added inside the output projection."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, N, C)
         B, N, C = x.shape
-        qkv = linear(x, self.qkv).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         dropout_p = self.attn_drop if self.training else 0.0
         x, weights = attention(q, k, v, scale=self.scale, dropout_p=dropout_p, need_weights=self.record_attention)
         if weights is not None:
             self.store_attention(weights)
-        x = x.transpose(1, 2).reshape(B, N, C)
-        if residual is not None:
-            return linear(x, self.proj, residual=residual)
+        x = x.transpose(1, 2).reshape(B, N, C)  # heads side by side again
         return self.proj_drop(self.proj(x))
 
 
@@ -126,13 +118,9 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), drop=cfg.proj_drop_rate)
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if can_fuse(x, self):  # eval, no autograd: drop paths are identities, residual adds go into the matmuls
-            x = self.attn(self.norm1(x), residual=x)
-            return self.mlp(self.norm2(x), residual=x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1+N, D) -> (B, 1+N, D)
         x = x + self.drop_path1(self.attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 def resample_pos_embed(
@@ -161,6 +149,7 @@ def resample_pos_embed(
 
 class VisionTransformer(VisionModel):
     family = "vit"
+    stem_key = "patch_embed.proj.weight"
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
@@ -172,8 +161,7 @@ class VisionTransformer(VisionModel):
         gh, gw = cfg.grid_size
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + gh * gw, dim))
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
-        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # ramps with depth
-        self.blocks = nn.ModuleList(Block(cfg, dpr[i]) for i in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg, rate) for rate in drop_path_rates(cfg.drop_path_rate, cfg.depth))
         use_fc_norm = cfg.global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
@@ -193,35 +181,22 @@ class VisionTransformer(VisionModel):
     def num_features(self) -> int:
         return self.config.embed_dim
 
-    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        pos = resample_pos_embed(
-            self.pos_embed,
-            grid,
-            self.config.grid_size,
-            self.num_prefix_tokens,
-            self.config.pos_embed_antialias,
-        )
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.pos_drop(x + pos)
+    def grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The patch grid (rows, columns) of an input image."""
+        return x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> final-normed tokens (B, [1+]N, D)."""
         cfg = self.config
-        tokens = self.num_prefix_tokens + (x.shape[-2] // cfg.patch_size) * (x.shape[-1] // cfg.patch_size)
-        widest = x.shape[0] * tokens * int(cfg.embed_dim * max(3.0, cfg.mlp_ratio)) * x.element_size()
-        n = num_micro_batches(self, x, widest)  # CPU inference with large temporaries: slices of the batch
-        if n > 1:
-            return torch.cat([self._forward_features(part) for part in x.tensor_split(n)])
-        return self._forward_features(x)
-
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
+        grid = self.grid(x)
         x = self.patch_embed(x)  # (B, N, D)
-        x = self._pos_embed(x, grid)  # (B, 1+N, D)
+        if self.cls_token is not None:  # [CLS] first: the token the head reads
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
+        pos = resample_pos_embed(self.pos_embed, grid, cfg.grid_size, self.num_prefix_tokens, cfg.pos_embed_antialias)
+        x = self.pos_drop(x + pos)
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
+                x = checkpoint(blk, x, use_reentrant=False)  # recomputed in backward instead of stored
             else:
                 x = blk(x)
         return self.norm(x)
@@ -237,9 +212,8 @@ class VisionTransformer(VisionModel):
     def get_attention_maps(self, x):
         """Per block: weights (B, heads, 1+N, 1+N); token 0 is [CLS], then patches in raster order."""
         maps = super().get_attention_maps(x)
-        grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
         for m in maps:
-            m.meta.update(grid=grid, num_prefix_tokens=self.num_prefix_tokens)
+            m.meta.update(grid=self.grid(x), num_prefix_tokens=self.num_prefix_tokens)
         return maps
 
     def no_weight_decay(self) -> set[str]:
@@ -256,9 +230,8 @@ class VisionTransformer(VisionModel):
         return self.config.depth + 1
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from vitkit.convert.common import adapt_input_conv
-
-        sd = dict(state_dict)
+        """Resample the position embedding to this model's grid and fit the stem to ``in_chans``."""
+        sd = super().adapt_state_dict(state_dict)
         if "pos_embed" in sd and sd["pos_embed"].shape != self.pos_embed.shape:
             sd["pos_embed"] = resample_pos_embed(
                 sd["pos_embed"],
@@ -266,9 +239,6 @@ class VisionTransformer(VisionModel):
                 num_prefix_tokens=self.num_prefix_tokens,
                 antialias=self.config.pos_embed_antialias,
             )
-        key = "patch_embed.proj.weight"
-        if key in sd:
-            sd[key] = adapt_input_conv(sd[key], self.config.in_chans, key)
         return sd
 
 

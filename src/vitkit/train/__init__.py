@@ -7,13 +7,12 @@
 ``vitkit train`` (``vitkit.cli``) runs the same from command-line flags generated from TrainConfig.
 """
 
-from vitkit.train.config import TrainConfig, TrainResult, parse_model_args
-from vitkit.train.loop import evaluate, train
+from vitkit.train.config import TrainConfig, TrainResult
+from vitkit.train.loop import train, validate
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
-    "evaluate",
-    "parse_model_args",
     "train",
+    "validate",
 ]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.errors import VitkitError
+from vitkit.models.registry import parse_overrides
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 AUG_CHOICES = ("none", "flip", "randaugment", "trivialaugment")
@@ -116,7 +117,7 @@ class TrainConfig:
             object.__setattr__(self, "betas", tuple(self.betas))
         if isinstance(self.model_args, dict):  # allow a mapping from Python / YAML
             object.__setattr__(self, "model_args", ",".join(f"{k}={v}" for k, v in self.model_args.items()))
-        parse_model_args(self.model_args)  # fail early on a malformed string
+        parse_overrides(self.model_args)  # fail early on a malformed string
 
     # --- conversions -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -159,39 +160,6 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
-
-
-def parse_model_args(text: str) -> dict[str, Any]:
-    """'depth=2,embed_dim=64,global_pool=avg' -> {'depth': 2, 'embed_dim': 64, 'global_pool': 'avg'}."""
-    import ast
-
-    out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in _split_top_level(text))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise VitkitError(f"model_args: expected key=value, got {part!r}")
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()  # a bare word is a string
-    return out
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are not inside brackets, so 'depths=(2,2,6,2),embed_dim=96' works."""
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return parts
 
 
 @dataclass

@@ -23,8 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 from vitkit.data import DataSpec, Loader, build_dataset, mixup_cutmix
 from vitkit.data.loader import _mix
 from vitkit.errors import CheckpointError, VitkitError
+from vitkit.factory import create_model
+from vitkit.hub import from_pretrained
+from vitkit.models.registry import parse_overrides
 from vitkit.train import distributed
-from vitkit.train.checkpoint import (
+from vitkit.train.config import TrainConfig, TrainResult
+from vitkit.train.optim import ModelEma, WarmupCosine, param_groups
+from vitkit.train.progress import MetricsLog, Progress
+from vitkit.train.state import (
     STATE_JSON,
     find_checkpoint,
     load_checkpoint,
@@ -35,9 +41,6 @@ from vitkit.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from vitkit.train.config import TrainConfig, TrainResult, parse_model_args
-from vitkit.train.optim import ModelEma, WarmupCosine, param_groups
-from vitkit.train.progress import MetricsLog, Progress
 from vitkit.utils.io import atomic_write_json
 
 Callback = Callable[[str, dict[str, Any]], Any]  # callback(event, info); events: "step", "epoch", "end"
@@ -68,19 +71,17 @@ def build_datasets(cfg: TrainConfig):
     return train_ds, val_ds
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int):
+def model_for_training(cfg: TrainConfig, num_classes: int, in_chans: int):
     """A registered model (random init), or a pretrained one with a new head / channels / resolution."""
-    import vitkit
-
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_path_rate": cfg.drop_path_rate}
     if cfg.img_size:
         kwargs["img_size"] = cfg.img_size
-    kwargs |= parse_model_args(cfg.model_args)
+    kwargs |= parse_overrides(cfg.model_args)
     if cfg.pretrained and not cfg.model:
-        return vitkit.from_pretrained(cfg.pretrained, **kwargs).train()
+        return from_pretrained(cfg.pretrained, **kwargs).train()
     if not cfg.model:
         raise VitkitError("TrainConfig.model: give a model name (or pretrained=SOURCE)")
-    return vitkit.create_model(cfg.model, pretrained=cfg.pretrained or None, **kwargs)
+    return create_model(cfg.model, pretrained=cfg.pretrained or None, **kwargs)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,7 @@ def autocast(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def evaluate(model, loader: Loader, device: torch.device, amp: str, info) -> dict[str, float]:
+def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dict[str, float]:
     """Loss (plain cross-entropy), top-1 and top-5 accuracy over the whole split, summed across ranks."""
     was_training = model.training
     model.eval()
@@ -164,7 +165,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
     in_chans = cfg.in_chans or train_ds.channels
 
     # 3. model (same initial weights on every rank: same seed; DDP also broadcasts rank 0's)
-    model = build_model(cfg, len(classes), in_chans)
+    model = model_for_training(cfg, len(classes), in_chans)
     model.class_names = classes
     if cfg.freeze_backbone:
         for p in model.parameters():
@@ -399,11 +400,11 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         if sums[3] > 0:
             record["skipped_images"] = int(sums[3].item())
         if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs or not finished_epoch:
-            val = evaluate(model, val_loader, device, cfg.amp, info)
+            val = validate(model, val_loader, device, cfg.amp, info)
             record |= {f"val_{k}": v for k, v in val.items()}
             score, source = val["acc"], "model"
             if ema is not None:  # the better of the raw and the averaged weights competes for best/
-                val_ema = evaluate(ema.module, val_loader, device, cfg.amp, info)
+                val_ema = validate(ema.module, val_loader, device, cfg.amp, info)
                 record |= {f"val_ema_{k}": v for k, v in val_ema.items()}
                 if val_ema["acc"] >= score:
                     score, source = val_ema["acc"], "ema"

@@ -1,0 +1,92 @@
+"""The inference engine: ``vitkit.optimize(model)`` rewrites a trained model for fast inference.
+
+The reference models (:mod:`vitkit.models`) hold only the computation of the study note; everything that is there
+for speed lives here, chosen when a model is optimized, the way timm's ``reparameterize_model`` rewrites a trained
+model for deployment. :func:`optimize` returns a copy (or, with ``inplace=True``, the model itself) whose modules are
+swapped for engine versions:
+
+* every block: linears fused with their bias, GELU and residual add in oneDNN's matmul (CPU float32);
+* ViT and CvT: multi-head attention in a native kernel where it beats SDPA;
+* Swin: the whole shifted-window attention in one native kernel (shift, partition and reverse as index
+  arithmetic), or a PyTorch path without the partition copies; the relative-position bias and shift mask are built
+  once per resolution;
+* CvT: each projection's BatchNorm folded into its depthwise conv;
+* CPU batches whose widest temporary would be huge run in slices (no page faults on every call);
+* optionally, Linear weights pre-packed in oneDNN's layout (``pack_weights=True``).
+
+Each swap falls back to the reference computation wherever its fast path does not apply (autograd, tracing or export,
+attention maps being recorded, other devices or dtypes for the CPU-only parts), so an optimized model gives the
+reference's numbers to float rounding everywhere. It is inference-only: ``train()`` and ``load_state_dict()`` raise.
+``model.optimization`` says what was done (``.summary()``). The switches are the fields of
+:class:`vitkit.settings.EngineSettings`.
+"""
+
+import copy
+import dataclasses
+from collections import Counter
+
+from torch import nn
+
+from vitkit.engine import cvt, swin, vit
+from vitkit.engine.linear import HAS_FUSED_LINEAR, PackedLinear
+from vitkit.engine.model import InferenceModel, OptimizationReport
+from vitkit.errors import VitkitError
+from vitkit.kernels import unavailable_reason
+from vitkit.settings import EngineSettings
+
+FAMILIES = {family.MODEL[0]: family for family in (vit, swin, cvt)}
+
+
+def is_optimized(model: nn.Module) -> bool:
+    return isinstance(model, InferenceModel)
+
+
+def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = False, **switches) -> nn.Module:
+    """An inference-only version of ``model`` with the same outputs; see the module docstring.
+
+    ``inplace``: rewrite ``model`` itself instead of a copy. ``share_weights``: the copy reads the original's
+    parameter tensors instead of copies of them (re-optimize after the weights change: precomputed tensors such as
+    folded BatchNorm do not follow). Other keyword arguments are :class:`~vitkit.settings.EngineSettings` switches,
+    e.g. ``native_kernels=False``.
+    """
+    valid = {f.name for f in dataclasses.fields(EngineSettings)}
+    unknown = sorted(set(switches) - valid)
+    if unknown:
+        raise VitkitError(f"optimize: unknown switch(es) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    settings = EngineSettings(**switches)
+    if is_optimized(model):
+        raise VitkitError("optimize: this model is already optimized")
+    family = FAMILIES.get(type(model))
+    if family is None:
+        raise VitkitError(f"optimize: {type(model).__name__} is not one of vitkit's models")
+    if settings.pack_weights and not HAS_FUSED_LINEAR:
+        raise VitkitError("optimize: pack_weights needs PyTorch built with oneDNN (mkldnn), which this one is not")
+    if not inplace:
+        shared = {id(t): t for t in (*model.parameters(), *model.buffers())} if share_weights else {}
+        model = copy.deepcopy(model, memo=shared)
+    model.eval()
+    if not share_weights:
+        model.requires_grad_(False)
+    report = OptimizationReport(getattr(model, "model_name", None) or type(model).__name__, settings, Counter())
+    for module in list(model.modules()):
+        swap = family.SWAPS.get(type(module))
+        if swap is not None and (swap[2] is None or getattr(settings, swap[2])):
+            engine_cls, what, _ = swap
+            report.swaps[(type(module).__name__, f"{engine_cls.__module__}.{engine_cls.__name__}", what)] += 1
+            module.__class__ = engine_cls
+            module.prepare(settings)
+        elif settings.pack_weights and type(module) is nn.Linear and module.weight.device.type == "cpu":
+            report.swaps[("Linear", "vitkit.engine.linear.PackedLinear", "weight pre-packed for oneDNN")] += 1
+            PackedLinear.from_linear(module)
+    if settings.native_kernels:
+        for name, library in family.KERNELS.items():
+            report.kernels[name] = "ready" if library() is not None else f"not used ({unavailable_reason(name)})"
+    else:
+        report.kernels = dict.fromkeys(family.KERNELS, "switched off")
+    model.__class__ = family.MODEL[1]
+    model.engine_settings = settings
+    model.optimization = report
+    return model
+
+
+__all__ = ["EngineSettings", "OptimizationReport", "is_optimized", "optimize"]

@@ -1,0 +1,68 @@
+"""What every optimized model is: the reference model's class with an inference-only layer on top.
+
+:func:`vitkit.optimize` swaps the classes of a model's modules for their engine versions (subclasses that take a
+fast path where it applies and call the reference ``forward`` everywhere else) and the model's own class for a
+subclass of :class:`InferenceModel`, which refuses training and new weights and carries the report of what was
+swapped.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from vitkit.errors import VitkitError
+from vitkit.settings import EngineSettings
+
+
+@dataclass
+class OptimizationReport:
+    """What :func:`vitkit.optimize` did to a model."""
+
+    model: str
+    settings: EngineSettings
+    swaps: Counter = field(default_factory=Counter)  # (reference class, engine class, what it does) -> modules
+    kernels: dict[str, str] = field(default_factory=dict)  # kernel -> "ready" or why it is not used
+
+    def lines(self) -> list[str]:
+        out = [f"{n} x {ref} -> {new}: {what}" for (ref, new, what), n in self.swaps.items()]
+        out += [f"native kernel {name}: {state}" for name, state in self.kernels.items()]
+        return out
+
+    def summary(self) -> str:
+        return f"optimized {self.model}:\n" + "\n".join(f"  {line}" for line in self.lines())
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "swaps": [{"from": r, "to": n, "what": w, "modules": c} for (r, n, w), c in self.swaps.items()],
+            "kernels": dict(self.kernels),
+            "micro_batch_bytes": self.settings.micro_batch_bytes,
+        }
+
+
+class InferenceModel:
+    """Mixin of an optimized model's class (listed before the reference class)."""
+
+    engine_settings: EngineSettings
+    optimization: OptimizationReport
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise VitkitError(
+                "this model was optimized for inference (vitkit.optimize) and cannot be trained; train the model it "
+                "was made from (optimize returns a copy unless inplace=True)"
+            )
+        return super().train(False)
+
+    def load_state_dict(self, *args, **kwargs):
+        raise VitkitError(
+            "an optimized model keeps precomputed tensors that new weights would leave stale; load the weights into "
+            "the reference model, then call vitkit.optimize on it again"
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and not x.requires_grad and not any(p.requires_grad for p in self.parameters()):
+            with torch.no_grad():  # nothing needs a gradient: the fast paths may run
+                return self.forward_features(x)
+        return super().forward_features(x)

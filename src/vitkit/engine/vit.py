@@ -1,0 +1,49 @@
+"""ViT for inference: each block's linears fused with their bias, GELU and residual add; native attention."""
+
+import torch
+
+from vitkit.engine.attention import multi_head_attention
+from vitkit.engine.conditions import inference_call
+from vitkit.engine.linear import linear, mlp
+from vitkit.engine.micro_batch import num_micro_batches, sliced
+from vitkit.engine.model import InferenceModel
+from vitkit.kernels import attention as attention_kernel
+from vitkit.models import vit
+from vitkit.settings import EngineSettings
+
+
+class FastBlock(vit.Block):
+    """``x + attn(LN(x))`` and ``x + MLP(LN(x))`` with the adds inside the output matmuls (reference otherwise)."""
+
+    fused: bool
+    native: bool
+
+    def prepare(self, settings: EngineSettings) -> None:
+        self.fused, self.native = settings.fused_linear, settings.native_kernels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1+N, D) -> (B, 1+N, D)
+        a = self.attn
+        if not inference_call(a):
+            return super().forward(x)
+        B, N, C = x.shape
+        qkv = linear(self.norm1(x), a.qkv, fused=self.fused).view(B, N, 3, a.num_heads, C // a.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
+        out = multi_head_attention(q, k, v, a.scale, self.native).transpose(1, 2).reshape(B, N, C)
+        x = linear(out, a.proj, residual=x, fused=self.fused)
+        return mlp(self.mlp, self.norm2(x), residual=x, fused=self.fused)
+
+
+class InferenceViT(InferenceModel, vit.VisionTransformer):
+    def slices(self, x: torch.Tensor) -> int:
+        cfg, (gh, gw) = self.config, self.grid(x)
+        widest = x.shape[0] * (self.num_prefix_tokens + gh * gw) * int(cfg.embed_dim * max(3.0, cfg.mlp_ratio)) * 4
+        return num_micro_batches(self, x, widest, self.engine_settings.micro_batch_bytes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder over slices of a CPU batch whose widest temporary (MLP hidden or q/k/v) would be huge."""
+        return sliced(super().forward_features, x, self.slices(x))
+
+
+MODEL = (vit.VisionTransformer, InferenceViT)
+SWAPS = {vit.Block: (FastBlock, "linears fused with bias / GELU / residual add; native multi-head attention", None)}
+KERNELS = {"attention": attention_kernel.library}
