@@ -1,42 +1,35 @@
 #!/usr/bin/env bash
-# The recorded runs in benchmarks/results/ (about an hour on an idle 2-core machine).
-# Run from the repository root with the project's virtual environment active.
+# The recorded runs in benchmarks/results/ (about 40 minutes on an idle 2-core machine).
+# Run from the repository root with the project's virtual environment active. OLD (optional): the src/ folder of
+# another vitkit version to compare with in one process (e.g. a `git worktree add /tmp/vitkit-old <commit>`).
 set -euo pipefail
-export PYTHONPATH=src
+export PYTHONPATH=src:.
 OUT=${OUT:-benchmarks/results}
 uptime
 # 1. side by side with transformers: fp32, CPU, 2 threads, batch 8 inference / batch 4 training step
 python benchmarks/speed.py --compare --threads 2 --batch-size 8 --train-batch-size 4 --device cpu \
-    --warmup 2 --iters 2 --repeats 10 --out "$OUT"
+    --warmup 2 --iters 2 --repeats 10 --out "$OUT/speed"
 uptime
-# 1b. the inference comparison four more times; then pool the rounds of all five runs
-for i in 2 3 4 5; do
-    python benchmarks/speed.py --compare --threads 2 --batch-size 8 --task infer --device cpu \
-        --warmup 2 --iters 2 --repeats 10 --no-memory --out "$OUT/reruns/run$i"
-done
-python benchmarks/pool.py "$OUT"/*_t2_b8_*.json "$OUT"/reruns/*/*.json
+# 1b. this version against another one, in one process (the same logits; default and tuned allocator)
+if [ -n "${OLD:-}" ]; then
+    for m in vit_base_patch16_224 swin_tiny_patch4_window7_224 cvt_13_224; do
+        for malloc in default tuned; do
+            python benchmarks/versions_ab.py $m --other "$OLD" --batch-size 8 --rounds 20 --threads 2 --malloc $malloc
+        done
+    done
+fi
 uptime
-# 1c. the inference comparison under the other glibc malloc presets (page faults per batch are in the tables)
-for m in tuned pinned; do
-    python benchmarks/speed.py --compare --threads 2 --batch-size 8 --task infer --device cpu \
-        --warmup 2 --iters 2 --repeats 10 --no-memory --malloc $m --out "$OUT/malloc/$m"
-done
-uptime
-# 1d. the native kernels: per shape against PyTorch, and each on / off in the whole model
+# 1c. the native kernels per shape against PyTorch, and one engine swap in the whole model
 python benchmarks/kernels.py --threads 2 --batch-size 8 --rounds 7 --out "$OUT"
-python benchmarks/switch_ab.py swin_tiny_patch4_window7_224 vitkit.kernels.window_attention NATIVE_WINDOW_ATTENTION \
-    --on True --off False --batch-size 8 --rounds 10 --threads 2
-for m in cvt_13_224 vit_base_patch16_224; do
-    python benchmarks/switch_ab.py $m vitkit.kernels.attention NATIVE_ATTENTION --on True --off False \
-        --batch-size 8 --rounds 10 --threads 2
-done
+python benchmarks/engine_ab.py swin_tiny_patch4_window7_224 micro_batch_bytes=0 --batch-size 8 --rounds 15 --threads 2
 uptime
 # 2. scaling with image size, 224 -> 1024 px
 python benchmarks/scaling.py --threads 2 --budget 540 --max-seconds 40 --out "$OUT"
 uptime
 # 3. faster modes on ViT-B/16: bf16 autocast, torch.compile, ONNX Runtime, dynamic int8, pre-packed weights
-python benchmarks/speed.py --models vit_base_patch16_224 --mode eager,compile,onnx,int8,packed --dtype fp32,bf16 \
-    --task infer --threads 2 --batch-size 8 --warmup 1 --iters 1 --repeats 5 --no-memory --device cpu --out "$OUT/modes"
+python benchmarks/speed.py --models vit_base_patch16_224 --mode optimized,reference,compile,onnx,int8,packed \
+    --dtype fp32,bf16 --task infer --threads 2 --batch-size 8 --warmup 1 --iters 1 --repeats 5 --no-memory \
+    --device cpu --out "$OUT/modes"
 uptime
 # 4. faster modes on Fashion-MNIST (accuracy cost and speed on a small model)
 python benchmarks/modes.py --threads 2 --out "$OUT"

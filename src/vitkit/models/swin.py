@@ -381,33 +381,18 @@ for _size, (_dim, _depths, _heads) in _SIZES.items():
         if _res == 384 and _size in ("tiny", "small"):
             continue  # no official 384 weights
         _name = f"swin_{_size}_patch4_window{_window}_{_res}"
-        _cfg = SwinConfig(
-            img_size=_res,
-            embed_dim=_dim,
-            depths=_depths,
-            num_heads=_heads,
-            window_size=_window,
-            crop_pct=0.9 if _res == 224 else 1.0,
-        )
+        _cfg = SwinConfig(img_size=_res, embed_dim=_dim, depths=_depths, num_heads=_heads, window_size=_window,
+                          crop_pct=0.9 if _res == 224 else 1.0)  # fmt: skip
         register_model(_name, _cfg, hub_id=f"hf-hub:microsoft/{_name.replace('_', '-')}")
 
 # Small images: patch 2 (or 4 at 64 px) and windows that tile every stage; the last stage is one window
 # (global attention over its tokens, no shift).
 _SMALL = dict(num_classes=10, crop_pct=1.0, interpolation="bilinear", drop_path_rate=0.1)
 _GRAY = dict(img_size=28, in_chans=1, mean=(0.2860,), std=(0.3530,))  # Fashion-MNIST statistics
+_THREE = dict(embed_dim=96, depths=(2, 6, 2), num_heads=(3, 6, 12), window_size=4, **_SMALL)  # 16 -> 8 -> 4 a side
 register_model(  # 14x14 (2x2 windows, shifted) -> 7x7 (one window)
     "swin_nano_patch2_window7_28",
     SwinConfig(patch_size=2, embed_dim=48, depths=(2, 4), num_heads=(3, 6), window_size=7, **_GRAY, **_SMALL),
 )
-register_model(  # 16x16 -> 8x8 -> 4x4
-    "swin_tiny_patch2_window4_32",
-    SwinConfig(
-        img_size=32, patch_size=2, embed_dim=96, depths=(2, 6, 2), num_heads=(3, 6, 12), window_size=4, **_SMALL
-    ),
-)
-register_model(  # 16x16 -> 8x8 -> 4x4
-    "swin_tiny_patch4_window4_64",
-    SwinConfig(
-        img_size=64, patch_size=4, embed_dim=96, depths=(2, 6, 2), num_heads=(3, 6, 12), window_size=4, **_SMALL
-    ),
-)
+register_model("swin_tiny_patch2_window4_32", SwinConfig(img_size=32, patch_size=2, **_THREE))
+register_model("swin_tiny_patch4_window4_64", SwinConfig(img_size=64, patch_size=4, **_THREE))
