@@ -34,11 +34,5 @@ def create_model(
         source = entry.hub_id if pretrained is True else pretrained
         if source is None:
             raise VitkitError(f"{name} has no default pretrained weights; pass a hub id or a directory")
-        model = from_pretrained(source, **changes)
-        if model.family != entry.family:
-            raise VitkitError(
-                f"{source} holds a {model.family} model, but {name} is a {entry.family}; pass a {entry.family} "
-                "checkpoint, or the model name that matches the checkpoint"
-            )
-        return model.train()
+        return from_pretrained(source, family=entry.family, **changes).train()
     return model_from_config(replace_config(entry.config, **changes), name)

@@ -257,10 +257,12 @@ def from_pretrained(
     num_classes: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     in_chans: int | None = None,
+    family: str | None = None,
     **overrides: Any,
 ) -> Any:
     """Build the model a checkpoint describes and load its weights; returns it in eval mode.
 
+    ``family`` ("vit", "swin", "cvt"): refuse a checkpoint of another family before anything is built.
     ``num_classes`` different from the checkpoint's re-initialises the head (with a warning);
     ``img_size`` resizes position embeddings / relative-position tables; ``in_chans`` adapts the
     stem filters (3 -> 1 sums them). Other keyword arguments override config fields that do not
@@ -268,6 +270,11 @@ def from_pretrained(
     """
     directory = resolve_source(source)
     cfg, sd, class_names, name = _convert(directory, read_config(directory))
+    if family is not None and family_of_config(cfg).name != family:
+        raise VitkitError(
+            f"{source} holds a {family_of_config(cfg).name} model, not a {family} one; pass a {family} checkpoint, "
+            "or the model name that matches the checkpoint"
+        )
     registered = _registered_entry(source)
     if registered is not None and registered.family == family_of_config(cfg).name:
         # a hub config may not record the resolution (transformers' CvT never does): trust the registry's

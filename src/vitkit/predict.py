@@ -50,6 +50,8 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
             files.extend(found)
         elif path.is_file():
             files.append(str(path))
+        elif path.exists():
+            missing.append(Prediction(item, error="not a regular file (a FIFO, socket or device is never opened)"))
         elif glob.has_magic(item):
             found = sorted(p for p in glob.glob(os.path.expanduser(item), recursive=True) if os.path.isfile(p))
             if not found:
