@@ -7,7 +7,7 @@ loaders of :mod:`vitkit.hub`, so the factory sits above both.
 from typing import Any
 
 from vitkit.errors import VitkitError
-from vitkit.hub import from_pretrained
+from vitkit.hub import checkpoint_family, from_pretrained
 from vitkit.models.registry import get_entry, model_from_config, replace_config
 
 
@@ -34,10 +34,13 @@ def create_model(
         source = entry.hub_id if pretrained is True else pretrained
         if source is None:
             raise VitkitError(f"{name} has no default pretrained weights; pass a hub id or a directory")
-        model = from_pretrained(source, **changes)
-        if model.family != entry.family:
+        family = checkpoint_family(source)  # before the overrides of one family meet the config of another
+        if family is None or family == entry.family:
+            model = from_pretrained(source, **changes)
+            family = model.family
+        if family != entry.family:
             raise VitkitError(
-                f"{source} holds a {model.family} model, but {name} is a {entry.family}; pass a {entry.family} "
+                f"{source} holds a {family} model, but {name} is a {entry.family}; pass a {entry.family} "
                 "checkpoint, or the model name that matches the checkpoint"
             )
         return model.train()
