@@ -119,7 +119,7 @@ def test_corrupt_checkpoint_is_refused_and_interrupted_write_keeps_the_old_one(t
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt_mod, "atomic_save_safetensors", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*: disk full; the previous checkpoint"):
         train(cfg.replace(resume="auto", epochs=2))
     monkeypatch.undo()
     assert (last / "model.safetensors").read_bytes() == good
