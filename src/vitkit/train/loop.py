@@ -8,9 +8,11 @@ epoch and the epoch's running sums), and nothing else touches the global RNG.
 
 import dataclasses
 import math
+import os
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -97,11 +99,15 @@ def autocast(device: torch.device, amp: str):
 
 @torch.no_grad()
 def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dict[str, float]:
-    """Loss (plain cross-entropy), top-1 and top-5 accuracy over the whole split, summed across ranks."""
+    """Loss (plain cross-entropy), top-1 and top-5 accuracy over the whole split, summed across ranks.
+
+    A split of which no image could be read is an error: its scores would be those of no data at all.
+    """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, correct@1, correct@5, count
-    for x, y, _ in loader.batches(0):
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, correct@1, correct@5, count, skipped
+    for x, y, skipped in loader.batches(0):
+        sums[4] += skipped
         if len(y) == 0:
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -110,7 +116,7 @@ def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dic
         logits = logits.float()
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices
-        sums += torch.tensor(
+        sums[:4] += torch.tensor(
             [
                 F.cross_entropy(logits, y, reduction="sum").item(),
                 (top[:, 0] == y).sum().item(),
@@ -121,8 +127,56 @@ def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dic
         )
     sums = distributed.all_reduce_sum(sums, info)
     model.train(was_training)
-    n = max(sums[3].item(), 1.0)
+    if sums[3] == 0:
+        raise VitkitError(
+            f"validation saw no image: every one of the {int(sums[4].item())} validation images was unreadable "
+            f"({getattr(loader.dataset, 'source', '')}); no score, so no best/ checkpoint"
+        )
+    n = sums[3].item()
     return {"loss": sums[0].item() / n, "acc": sums[1].item() / n, "top5": sums[2].item() / n}
+
+
+def check_images(dataset, info: distributed.DistInfo, skip_bad_images: bool) -> tuple[Any, list[str]]:
+    """Decode every image of a file data set once (in threads, each rank a share), before any training step.
+
+    A bad file in the validation split would otherwise stop a run at its first evaluation, after a whole epoch of
+    training. Without ``skip_bad_images`` the first bad file is an error; with it, the bad files are dropped and their
+    errors returned. In-memory arrays need no check.
+    """
+    if getattr(dataset, "in_memory", True) or not hasattr(dataset, "samples"):
+        return dataset, []
+
+    def problem(i: int) -> tuple[int, str] | None:
+        try:
+            dataset[i]
+        except VitkitError as e:
+            return i, (str(e).splitlines() or [type(e).__name__])[0]
+        return None
+
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        bad = [r for r in pool.map(problem, range(info.rank, len(dataset), info.world_size)) if r is not None]
+    finally:  # on Ctrl-C, do not wait for the images still queued
+        pool.shutdown(wait=False, cancel_futures=True)
+    if info.enabled:
+        shares: list[Any] = [None] * info.world_size
+        torch.distributed.all_gather_object(shares, bad)
+        bad = sorted(r for share in shares for r in share)
+    if not bad:
+        return dataset, []
+    source = getattr(dataset, "source", "") or "the validation data"
+    if not skip_bad_images:
+        raise VitkitError(
+            f"{bad[0][1]} (validation data {source}: {len(bad)} unreadable of {len(dataset)}, found before "
+            "training; skip_bad_images (--skip-bad-images) drops them)"
+        )
+    if len(bad) == len(dataset):
+        raise VitkitError(
+            f"every image of the validation data {source} is unreadable ({len(bad)} files), e.g. {bad[0][1]}"
+        )
+    dropped = {i for i, _ in bad}
+    keep = np.array([i for i in range(len(dataset)) if i not in dropped], dtype=np.int64)
+    return dataset.subset(keep), [msg for _, msg in bad]
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -158,9 +212,12 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             "overwrite_output_dir=True to start again, or another output_dir"
         )
 
-    # 2. data
+    # 2. data (every validation image decoded once, so a bad file shows up before any training)
     seed_everything(cfg.seed)
     train_ds, val_ds = build_datasets(cfg)
+    val_ds, bad_val = check_images(val_ds, info, cfg.skip_bad_images)
+    if bad_val:
+        say(f"skipped {len(bad_val)} unreadable validation image(s), e.g. {bad_val[0]}")
     classes = list(train_ds.classes)
     in_chans = cfg.in_chans or train_ds.channels
 
@@ -236,6 +293,13 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             log.path.unlink()
         log.truncate_after(step)
         atomic_write_json(out / "train_config.json", cfg.to_dict())
+    first_record: dict[str, Any] = {"skipped_val_images": len(bad_val)} if bad_val else {}
+
+    def write_record(record: dict[str, Any]) -> None:
+        """A metrics line; the first one of the run also carries what the start-up checks found."""
+        log.write({**record, **first_record})
+        first_record.clear()
+
     say(
         f"model {getattr(model, 'model_name', None) or cfg.pretrained}: {model.num_params() / 1e6:.2f}M params "
         f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable), input {spec.in_chans}x{spec.img_size}; "
@@ -366,7 +430,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                 lr=scheduler.get_last_lr(),
             )
             if step % cfg.log_every == 0:
-                log.write(
+                write_record(
                     {
                         "type": "train",
                         "step": step,
@@ -388,6 +452,11 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         # end of epoch (or early stop): evaluate, record, checkpoint
         finished_epoch = stop_reason is None or b + 1 >= batches_per_epoch
         sums = distributed.all_reduce_sum(torch.tensor(running, dtype=torch.float64), info)
+        if sums[2] == 0:
+            raise VitkitError(
+                f"epoch {epoch + 1} trained on no image: every image was unreadable ({int(sums[3].item())} skipped "
+                f"with skip_bad_images) in {cfg.data}; nothing was learned, so no best/ checkpoint is written"
+            )
         record: dict[str, Any] = {
             "type": "epoch",
             "epoch": epoch + 1 if finished_epoch else epoch + (b + 1) / batches_per_epoch,
@@ -421,7 +490,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                 stop_reason = f"early stopping: no better val accuracy for {best['bad_epochs']} evaluations"
         history.append(record)
         metrics = record
-        log.write(record)
+        write_record(record)
         say(
             f"epoch {record['epoch']:.4g}: "
             + " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "val_")))
