@@ -359,13 +359,20 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         )
         bar.n = batch_in_epoch // cfg.accum_steps
         group_loss = torch.zeros(3, dtype=torch.float64)  # loss sum, images, non-finite flag
+        group_ran = False  # a batch of this accumulation group went through backward
         b = batch_in_epoch - 1
         for b, (x, y, skipped) in enumerate(train_loader.batches(epoch, start=batch_in_epoch), start=batch_in_epoch):
             group_start = b - b % cfg.accum_steps
             group_size = min(cfg.accum_steps, batches_per_epoch - group_start)
             last_in_group = b - group_start == group_size - 1
             running[3] += skipped
-            if len(y):
+            usable = len(y) > 0
+            if cfg.skip_bad_images and info.enabled:
+                # DDP's backward waits for every rank: a batch all of whose images one rank had to skip is
+                # dropped on every rank, or the ranks that have images would wait for that one forever
+                usable = distributed.all_reduce_min(torch.tensor([float(len(y))]), info).item() > 0
+            if usable:
+                group_ran = True
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 mix_rng = np.random.default_rng(_mix(cfg.seed, epoch, b, info.rank, 11))
                 x, target = mixup_cutmix(
@@ -396,6 +403,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                 continue
 
             # one optimizer step per accumulation group
+            if info.enabled and group_ran and not usable:  # the batch whose backward would have synced was dropped
+                distributed.average_gradients(model, info)
+            group_ran = False
             over_time = cfg.time_limit_minutes > 0 and time.perf_counter() - start_time > cfg.time_limit_minutes * 60
             flags = distributed.all_reduce_sum(torch.cat([group_loss, torch.tensor([float(over_time)])]), info)
             if flags[2] > 0:
