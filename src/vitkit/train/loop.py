@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -179,6 +180,26 @@ def check_images(dataset, info: distributed.DistInfo, skip_bad_images: bool) -> 
     return dataset.subset(keep), [msg for _, msg in bad]
 
 
+_RUN_FILES = ("metrics.jsonl", "train_config.json")
+_RUN_DIRS = ("best", "last", "final", "plots", "tensorboard")
+
+
+def remove_run(out: Path) -> None:
+    """Delete what an earlier training run wrote in ``out`` (``overwrite_output_dir``), and nothing else, so the new
+    run's files are never mixed with the old run's."""
+    if not out.is_dir():
+        return
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    checkpoints = [f".{d}.{suffix}" for d in ("best", "last", "final") for suffix in ("tmp", "old")]
+    for path in out.iterdir():
+        if path.name in _RUN_DIRS or path.name in checkpoints or (path.name.startswith("eval") and path.is_dir()):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 # --- the loop --------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, *, callbacks: list[Callback] | None = None) -> TrainResult:
     """Train (or fine-tune) ``cfg.model`` on ``cfg.data``; under torchrun, one process per device."""
@@ -206,7 +227,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         resume_dir = find_checkpoint(wanted)
         if resume_dir is None and cfg.resume not in ("auto", "last"):
             raise CheckpointError(f"cannot resume: {wanted} is not a complete training checkpoint")
-    elif find_checkpoint(out / "last") is not None and not cfg.overwrite_output_dir:
+    elif not cfg.overwrite_output_dir and find_checkpoint(out / "last") is not None:
         raise VitkitError(
             f"{out} already holds a training run; pass resume='auto' (--resume auto) to continue it, "
             "overwrite_output_dir=True to start again, or another output_dir"
@@ -286,11 +307,15 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         history, best, running = state["history"], state["best"], state["running"]
         say(f"resumed from {resume_dir}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
+
+    # Everything that can fail early (settings, data, model, the checkpoint to resume) has been checked: only now is
+    # the output directory touched, so a run that cannot start leaves an earlier run there as it was.
+    if main:
+        if resume_dir is None and cfg.overwrite_output_dir:
+            remove_run(out)
+        out.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out, cfg.tensorboard, enabled=main)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume_dir is None and cfg.overwrite_output_dir and log.path.exists():
-            log.path.unlink()
         log.truncate_after(step)
         atomic_write_json(out / "train_config.json", cfg.to_dict())
     first_record: dict[str, Any] = {"skipped_val_images": len(bad_val)} if bad_val else {}
