@@ -8,7 +8,7 @@ import vitkit
 from vitkit.data import ArrayDataset, DataSpec, build_dataset
 from vitkit.data.transforms import array_eval_batch
 from vitkit.errors import VitkitError
-from vitkit.eval.evaluate import evaluate, most_confident_mistakes, write_eval_outputs
+from vitkit.eval.evaluate import check_classes, evaluate, most_confident_mistakes, write_eval_outputs
 
 
 def _tiny(num_classes=10, **kw):
@@ -64,3 +64,17 @@ def test_evaluate_counts_and_report(tmp_path):
 def test_head_and_data_mismatch_is_an_error():
     with pytest.raises(VitkitError, match="predicts 3 classes but the data set"):
         evaluate(_tiny(num_classes=3), _sample(8))
+
+
+def test_class_names_must_match_the_data_set():
+    ds = _sample(8)
+    model = _tiny()
+    model.class_names = list(ds.classes)
+    assert check_classes(model, ds) == list(ds.classes)
+    model.class_names = [*ds.classes[:3], "Jumper", *ds.classes[4:]]  # same count, one name differs
+    with pytest.raises(VitkitError, match=r"class 3 is 'Jumper' for the model but 'Dress' in the data \(1 of 10"):
+        evaluate(model, ds)
+    model.class_names = None  # a model without names is judged by its head size alone
+    assert check_classes(model, ds) == list(ds.classes)
+    with pytest.raises(VitkitError, match="predicts 10 classes but the data set sample has 3"):
+        check_classes(model, ArrayDataset(ds.images, ds.targets % 3, ["a", "b", "c"], "sample"))

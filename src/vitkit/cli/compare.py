@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._args import add_threads, apply_threads, print_table
+from vitkit.cli._args import add_threads, apply_threads, positive_int, print_table
 from vitkit.cli.train import add_config_flags, checkpoint_for_test, config_from_args, is_main_process, plot_run
 
 FAMILIES = ("vit", "swin", "cvt")
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-data", default=None, help="data source to evaluate on (default: the training --data)")
     p.add_argument("--eval-split", default="test", choices=["val", "test"], help="split to evaluate (default: test)")
-    p.add_argument("--batch-size-eval", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--batch-size-eval", type=positive_int, default=256, help="evaluation batch size (default: 256)")
     add_config_flags(p, exclude={"model"})
     add_threads(p)
     p.set_defaults(output_dir_default="runs/compare")

@@ -76,16 +76,27 @@ def load_dataset(source: str, split: str) -> Any:
 
 
 def check_classes(model: Any, dataset: Any) -> list[str]:
-    """The class names to report; a head that does not match the data set's classes is an error."""
-    classes = list(getattr(dataset, "classes", []) or [])
+    """The class names to report. A head whose size, or whose recorded class names, do not match the data set's
+    classes is an error: with the same count but other names (a model trained on another data set, or on folders
+    sorted differently) every score would silently compare unrelated labels."""
+    classes = [str(c) for c in getattr(dataset, "classes", []) or []]
+    source = getattr(dataset, "source", "") or "being evaluated"
     if classes and model.num_classes != len(classes):
         raise VitkitError(
             f"the model predicts {model.num_classes} classes but the data set "
-            f"{getattr(dataset, 'source', '')} has {len(classes)} ({', '.join(classes[:5])}...)"
+            f"{source} has {len(classes)} ({', '.join(classes[:5])}...)"
         )
-    names = getattr(model, "class_names", None)
+    names = [str(n) for n in getattr(model, "class_names", None) or []]
+    if classes and len(names) == len(classes) and names != classes:
+        differ = [i for i, (a, b) in enumerate(zip(names, classes, strict=True)) if a != b]
+        i = differ[0]
+        raise VitkitError(
+            f"the model was trained on other classes than the data set {source} has: class {i} is {names[i]!r} "
+            f"for the model but {classes[i]!r} in the data ({len(differ)} of {len(classes)} names differ); "
+            "evaluate on data with the classes the model was trained on"
+        )
     if not classes:
-        classes = list(names) if names else [str(i) for i in range(model.num_classes)]
+        classes = names if len(names) == model.num_classes else [str(i) for i in range(model.num_classes)]
     return classes
 
 
