@@ -24,7 +24,6 @@ from vitkit.utils.devices import DEVICE_NAMES, is_device_name
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 AUG_CHOICES = ("none", "flip", "randaugment", "trivialaugment")
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PROGRESS_CHOICES = ("auto", "bar", "log", "none")
 
 

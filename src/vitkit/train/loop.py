@@ -82,8 +82,6 @@ def model_for_training(cfg: TrainConfig, num_classes: int, in_chans: int):
     kwargs |= parse_overrides(cfg.model_args)
     if cfg.pretrained and not cfg.model:
         return from_pretrained(cfg.pretrained, **kwargs).train()
-    if not cfg.model:
-        raise VitkitError("TrainConfig.model: give a model name (or pretrained=SOURCE)")
     return create_model(cfg.model, pretrained=cfg.pretrained or None, **kwargs)
 
 

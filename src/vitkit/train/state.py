@@ -14,7 +14,6 @@ at any point leaves the previous checkpoint (or, between the two renames, ``.<na
 """
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -32,19 +31,11 @@ from safetensors.torch import load_file
 
 from vitkit.errors import CheckpointError
 from vitkit.hub import save_pretrained
-from vitkit.utils.io import atomic_save_safetensors, atomic_write_json
+from vitkit.utils.io import atomic_save_safetensors, atomic_write_json, sha256_file
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "training_state.safetensors"
 FORMAT_VERSION = 1
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -133,7 +124,7 @@ def save_checkpoint(
             weights = weights if weights is not None else model
             save_pretrained(weights, tmp, extra={"training": {"epoch": state.get("epoch")}})
             atomic_save_safetensors(tmp / STATE_TENSORS, tensors, metadata={"format": "pt"})
-            files = {n: _sha256(tmp / n) for n in ("model.safetensors", STATE_TENSORS, "config.json")}
+            files = {n: sha256_file(tmp / n) for n in ("model.safetensors", STATE_TENSORS, "config.json")}
             atomic_write_json(tmp / STATE_JSON, {"format_version": FORMAT_VERSION, **state, "sha256": files})
             _fsync_dir(tmp)
             if directory.exists():
@@ -217,7 +208,7 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[
         f = directory / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing from the checkpoint")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointError(f"{f}: corrupt or truncated (SHA-256 does not match {STATE_JSON})")
     try:
         tensors = load_file(str(directory / STATE_TENSORS))

@@ -1,5 +1,6 @@
 """Atomic file writes: a crash never leaves a half-written file where a good one was."""
 
+import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +24,15 @@ def current_umask() -> int:
     mask = os.umask(0o077)  # elsewhere: set and restore (restrictive in between, in case another thread creates files)
     os.umask(mask)
     return mask
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (checkpoints and kernel libraries are verified by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
