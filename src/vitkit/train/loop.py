@@ -31,7 +31,7 @@ from vitkit.hub import from_pretrained
 from vitkit.models.registry import parse_overrides
 from vitkit.train import distributed
 from vitkit.train.config import TrainConfig, TrainResult
-from vitkit.train.optim import ModelEma, WarmupCosine, param_groups
+from vitkit.train.optim import ModelEma, WarmupCosine, adamw, param_groups
 from vitkit.train.progress import MetricsLog, Progress
 from vitkit.train.state import (
     STATE_JSON,
@@ -274,7 +274,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     if not groups:
         raise VitkitError("no trainable parameters (is everything frozen?)")
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = adamw(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = WarmupCosine(optimizer, cfg.lr, cfg.min_lr, round(cfg.warmup_epochs * steps_per_epoch), total_steps)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
