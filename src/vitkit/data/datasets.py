@@ -7,14 +7,17 @@ Two kinds, both with ``classes``, ``targets`` and ``__getitem__(i) -> (PIL image
 * :class:`FileDataset` holds ``(path, label)`` pairs and decodes files on demand (folder, CSV).
 """
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
 import os
 import pickle
+import stat
 import struct
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -188,7 +191,7 @@ def _idx_files(directory: Path, prefix: str) -> tuple[Path, Path]:
     found = []
     for part in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         for cand in (f"{prefix}-{part}.gz", f"{prefix}-{part}", f"{prefix}-{part.replace('-idx', '.idx')}"):
-            if (directory / cand).is_file():
+            if os.path.isfile(directory / cand):
                 found.append(directory / cand)
                 break
         else:
@@ -200,7 +203,7 @@ def load_idx(kind: str, directory: str | os.PathLike, split: str, download: bool
     """``split`` is 'train' or 'test' (the files' own split)."""
     directory = Path(directory).expanduser()
     prefix = "train" if split == "train" else "t10k"
-    files = _idx_files(directory, prefix) if directory.is_dir() else None
+    files = _idx_files(directory, prefix) if os.path.isdir(directory) else None
     if files is None and download:
         download_idx(kind, directory)
         files = _idx_files(directory, prefix)
@@ -292,20 +295,140 @@ def load_cifar(kind: str, directory: str | os.PathLike, split: str) -> ArrayData
 
 
 # --- image folders and CSV files -------------------------------------------------------------------
-def _scan_class_dirs(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise VitkitError(f"{root}: no class sub-folders (expected {root}/<class name>/<image files>)")
-    samples = []
-    for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames.sort()
-            for fn in sorted(filenames):
-                if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
-                    samples.append((os.path.join(dirpath, fn), label))
-    if not samples:
-        raise VitkitError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
-    return samples, classes
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_folder(folder: str) -> list[os.DirEntry]:
+    """The entries of one folder by name; an unreadable folder is an error, never an empty one."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise VitkitError(f"cannot read folder {folder}: {e.strerror or e}") from None
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+class _FolderScan:
+    """One walk over ``root/<class>/...`` that takes every folder and every file once.
+
+    Folders are known by (device, inode), so a symlink loop ends; files by their real path, so a file that two paths
+    reach (a symlinked folder or file) is one sample and can never be in both the training and the validation part.
+    Real folders are walked first and symlinks followed afterwards, so a link into another class's folder does not
+    take that folder's images away from it. Anything that is not a regular file once links are resolved (a FIFO, a
+    socket, a device, a dangling link) is left out with a warning: opening it could block forever. A plain file
+    costs no system call beyond the folder listing, which matters for millions of files on a network file system.
+    """
+
+    def __init__(self, root: Path, fence: tuple[Path, ...] = ()) -> None:
+        self.root = root
+        self.folders: set[tuple[int, int]] = set()
+        self.files: set[str] = set()  # real paths
+        self.samples: list[tuple[str, int]] = []
+        self.real_paths: list[str] = []  # of each sample
+        self.ignored: list[str] = []
+        self.repeated: list[str] = []  # folders and files already reached by another path
+        for folder in (root, *fence):  # the root and the split folders are nobody's class: a link back stops there
+            with contextlib.suppress(OSError):
+                self.folders.add(_identity(os.stat(folder)))
+        entries = _list_folder(str(root))
+        self.classes = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=True))
+        if not self.classes:
+            raise VitkitError(f"{root}: no class sub-folders (expected {root}/<class name>/<image files>)")
+        real_root = os.path.realpath(root)
+        per_class: list[list[tuple[str, int, str]]] = [[] for _ in self.classes]
+        links: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            folder = os.path.join(root, name)
+            if os.path.islink(folder):
+                links.append((folder, label))
+            else:
+                self._walk(folder, os.path.join(real_root, name), label, per_class[label], links)
+        self._follow(links, per_class)
+        for items in per_class:
+            for path, label, real in items:
+                self.samples.append((path, label))
+                self.real_paths.append(real)
+        self._warn()
+        if not self.samples:
+            raise VitkitError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
+
+    def _walk(self, top: str, real_top: str, label: int, out: list, links: list[tuple[str, int]]) -> None:
+        """Depth first in name order through real sub-folders; symlinks go on ``links`` for :meth:`_follow`."""
+        stack = [(top, real_top)]
+        while stack:
+            folder, real = stack.pop()
+            try:
+                key = _identity(os.stat(folder))
+            except OSError as e:
+                raise VitkitError(f"cannot read folder {folder}: {e.strerror or e}") from None
+            if key in self.folders:
+                self.repeated.append(folder)
+                continue
+            self.folders.add(key)
+            subfolders = []
+            for entry in _list_folder(folder):
+                if entry.name.startswith("."):
+                    continue
+                path = os.path.join(folder, entry.name)
+                if entry.is_symlink():
+                    links.append((path, label))
+                elif entry.is_dir(follow_symlinks=False):
+                    subfolders.append((path, os.path.join(real, entry.name)))
+                elif _is_image_name(entry.name):
+                    self._take(path, os.path.join(real, entry.name), entry.is_file(follow_symlinks=False), label, out)
+            stack.extend(reversed(subfolders))
+
+    def _follow(self, links: list[tuple[str, int]], per_class: list[list]) -> None:
+        i = 0
+        while i < len(links):  # following a linked folder can find more links
+            path, label = links[i]
+            i += 1
+            try:
+                st = os.stat(path)
+            except PermissionError as e:
+                raise VitkitError(f"cannot read {path}: {e.strerror}") from None
+            except OSError:  # dangling, or a loop of links
+                self.ignored.append(path)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self._walk(path, os.path.realpath(path), label, per_class[label], links)
+            elif _is_image_name(path):
+                self._take(path, os.path.realpath(path), stat.S_ISREG(st.st_mode), label, per_class[label])
+
+    def _take(self, path: str, real: str, regular: bool, label: int, out: list) -> None:
+        if not regular:
+            self.ignored.append(path)
+        elif real in self.files:
+            self.repeated.append(path)
+        else:
+            self.files.add(real)
+            out.append((path, label, real))
+
+    def _warn(self) -> None:
+        if self.ignored:
+            warnings.warn(
+                f"{self.root}: ignored {len(self.ignored)} entries that are not regular files (FIFO, socket, device "
+                f"or dangling symlink), e.g. {self.ignored[0]}",
+                stacklevel=2,
+            )
+        if self.repeated:
+            warnings.warn(
+                f"{self.root}: skipped {len(self.repeated)} folders or image files already reached by another path "
+                f"(symlink loop, symlinked folder or file), e.g. {self.repeated[0]}",
+                stacklevel=2,
+            )
+
+    def dataset(self, source: str) -> FileDataset:
+        return FileDataset(list(self.samples), list(self.classes), source)
+
+
+def _scan_class_dirs(root: Path, fence: tuple[Path, ...] = ()) -> _FolderScan:
+    """``root/<class>/**/<image>``; ``fence``: folders a symlink must not lead the walk into (the other splits)."""
+    return _FolderScan(root, fence)
 
 
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -313,7 +436,7 @@ SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validatio
 
 def _split_dir(root: Path, split: str) -> Path | None:
     for name in SPLIT_DIRS[split]:
-        if (root / name).is_dir():
+        if os.path.isdir(root / name):  # False, not an exception, inside an unreadable folder
             return root / name
     return None
 
@@ -373,15 +496,15 @@ def parse_source(source: str) -> tuple[str, str]:
         return kind.lower(), rest
     if source.lower() in kinds:
         return source.lower(), ""
-    path = Path(source).expanduser()
-    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+    path = Path(source).expanduser()  # os.path's checks answer False for an unreadable or malformed path
+    if os.path.isfile(path) and path.suffix.lower() in (".csv", ".tsv"):
         return "csv", source
-    if path.is_dir():
+    if os.path.isdir(path):
         if _idx_files(path, "train") or _idx_files(path, "t10k"):
             return "fashion-mnist" if "fashion" in str(path).lower() else "mnist", source
-        if (path / "cifar-10-batches-py").is_dir() or (path / "data_batch_1").is_file():
+        if os.path.isdir(path / "cifar-10-batches-py") or os.path.isfile(path / "data_batch_1"):
             return "cifar10", source
-        if (path / "cifar-100-python").is_dir() or (path / "meta").is_file():
+        if os.path.isdir(path / "cifar-100-python") or os.path.isfile(path / "meta"):
             return "cifar100", source
         return "folder", source
     raise VitkitError(
@@ -407,11 +530,13 @@ def build_dataset(
     if split not in ("train", "val", "test", "all"):
         raise VitkitError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
     kind, path = parse_source(source)
-    if split == "all" and kind in ("csv", "folder"):  # every file, e.g. a separate validation source
-        if kind == "csv":
-            return load_csv(path)
-        samples, classes = _scan_class_dirs(Path(path).expanduser())
-        return FileDataset(samples, classes, f"folder:{path}")
+    if kind == "csv":
+        ds = load_csv(path)
+        return _carve(ds, split, val_fraction, seed) if val_fraction > 0 and split != "all" else ds
+    if split == "all" and kind == "folder":  # every file, e.g. a separate validation source
+        root = Path(path).expanduser()
+        _check_folder(root)
+        return _scan_class_dirs(root).dataset(f"folder:{root}")
     if split == "all":
         split = "test"  # array data sets: their held-out split
     if kind in ("sample", "fashion-mnist", "mnist", "cifar10", "cifar100"):
@@ -432,40 +557,59 @@ def build_dataset(
         if source == "sample":
             ds.source = "sample"
         return ds
-    if kind == "csv":
-        ds = load_csv(path)
-        return _carve(ds, split, val_fraction, seed) if val_fraction > 0 else ds
-    # folder
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise VitkitError(f"image folder {root} does not exist")
-    train_dir = _split_dir(root, "train")
+    return _folder_split(Path(path).expanduser(), split, val_fraction, seed)
+
+
+def _check_folder(root: Path) -> None:
+    try:
+        is_dir = stat.S_ISDIR(os.stat(root).st_mode)
+    except FileNotFoundError:
+        raise VitkitError(f"image folder {root} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise VitkitError(f"cannot read folder {root}: {getattr(e, 'strerror', None) or e}") from None
+    if not is_dir:
+        raise VitkitError(f"{root} is not a folder")
+
+
+def _folder_split(root: Path, split: str, val_fraction: float, seed: int) -> FileDataset:
+    _check_folder(root)
+    dirs = {s: _split_dir(root, s) for s in SPLIT_DIRS}
+    train_dir = dirs["train"]
     if train_dir is None:  # root/<class>/...: hold out a part for validation
-        samples, classes = _scan_class_dirs(root)
-        ds = FileDataset(samples, classes, f"folder:{root}")
         if split == "test":
             raise VitkitError(f"{root}: no test/ sub-folder (layout: {root}/train|val|test/<class>/<images>)")
-        return _carve(ds, split, val_fraction or 0.1, seed)
-    _, classes = _scan_class_dirs(train_dir)
-    wanted = _split_dir(root, split)
-    if wanted is None and split == "val":
-        if val_fraction > 0 or _split_dir(root, "test") is None:
-            return build_dataset(f"folder:{train_dir}", "val", val_fraction=val_fraction or 0.1, seed=seed)
-        wanted = _split_dir(root, "test")
+        return _carve(_scan_class_dirs(root).dataset(f"folder:{root}"), split, val_fraction or 0.1, seed)
+    fence = (root, *(d for d in dirs.values() if d is not None))  # a link from one split must not reach another
+    train = _scan_class_dirs(train_dir, fence)
+    holdout = 0.0  # the part of train/ held out for 'val' when there is no val/ folder
+    if dirs["val"] is None and (val_fraction > 0 or dirs["test"] is None):
+        holdout = val_fraction or 0.1
+    if split == "train" or (split == "val" and holdout):
+        ds = train.dataset(f"folder:{train_dir}")
+        return _carve(ds, split, holdout, seed) if holdout else ds
+    wanted = dirs[split] or (dirs["test"] if split == "val" else None)
     if wanted is None:
         raise VitkitError(f"{root}: no {split}/ sub-folder")
-    if split == "train" and val_fraction > 0 and _split_dir(root, "val") is None:
-        return build_dataset(f"folder:{train_dir}", "train", val_fraction=val_fraction, seed=seed)
-    if split == "train" and _split_dir(root, "val") is None and _split_dir(root, "test") is None:
-        return build_dataset(f"folder:{train_dir}", "train", val_fraction=0.1, seed=seed)
-    samples, split_classes = _scan_class_dirs(wanted)
-    if split_classes != classes:
-        index = {c: i for i, c in enumerate(classes)}
-        extra = sorted(set(split_classes) - set(index))
-        if extra:
-            raise VitkitError(f"{wanted}: classes {', '.join(extra)} do not exist in {train_dir}")
-        samples = [(p, index[split_classes[t]]) for p, t in samples]
-    return FileDataset(samples, classes, f"folder:{wanted}")
+    scan = _scan_class_dirs(wanted, fence)
+    index = {c: i for i, c in enumerate(train.classes)}
+    extra = sorted(set(scan.classes) - set(index))
+    if extra:
+        raise VitkitError(f"{wanted}: classes {', '.join(extra)} do not exist in {train_dir}")
+    samples, leaked = [], []
+    for (p, t), real in zip(scan.samples, scan.real_paths, strict=True):
+        if real in train.files:
+            leaked.append(p)
+        else:
+            samples.append((p, index[scan.classes[t]]))
+    if leaked:
+        warnings.warn(
+            f"{wanted}: left out {len(leaked)} files that are training images too (the same file under "
+            f"{train_dir}), e.g. {leaked[0]}",
+            stacklevel=3,
+        )
+    if not samples:
+        raise VitkitError(f"{wanted}: no image files that are not also under {train_dir}")
+    return FileDataset(samples, list(train.classes), f"folder:{wanted}")
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
