@@ -471,13 +471,19 @@ def load_csv(path: str | os.PathLike) -> FileDataset:
 
 # --- splits ----------------------------------------------------------------------------------------
 def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, val indices): ``fraction`` of every class, chosen with ``seed``, held out."""
+    """(train indices, val indices): ``fraction`` of every class, chosen with ``seed``, held out.
+
+    A class with two or more samples has at least one held out, so every class is validated; a single sample
+    stays in training.
+    """
     rng = np.random.default_rng(seed)
     train, val = [], []
     for c in np.unique(targets):
         idx = np.flatnonzero(targets == c)
         idx = idx[rng.permutation(len(idx))]
         n_val = round(len(idx) * fraction)
+        if fraction > 0 and len(idx) >= 2:
+            n_val = max(n_val, 1)
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
@@ -521,18 +527,22 @@ def build_dataset(
     seed: int = 0,
     download: bool = False,
 ) -> Dataset:
-    """Load split 'train', 'val' or 'test' of a data source (see :func:`parse_source`).
+    """Load split 'train', 'val', 'test' or 'all' of a data source (see :func:`parse_source`).
 
     'val' is the source's own validation split when it has one (folder ``val/``), else a stratified
-    ``val_fraction`` of the training set (then 'train' excludes it), else the test split. Folders
-    without split sub-folders and without ``val_fraction`` hold out 10% for 'val'.
+    ``val_fraction`` of the training set (then 'train' excludes it), else the test split (IDX, CIFAR, a
+    folder with ``test/``). Flat folders and CSV files have no split of their own: without ``val_fraction``
+    they hold out 10% for 'val', so training never validates on its own images; their 'test' and 'all' are
+    every file.
     """
     if split not in ("train", "val", "test", "all"):
         raise VitkitError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
+    if not 0 <= val_fraction < 1:
+        raise VitkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
     kind, path = parse_source(source)
     if kind == "csv":
         ds = load_csv(path)
-        return _carve(ds, split, val_fraction, seed) if val_fraction > 0 and split != "all" else ds
+        return ds if split in ("test", "all") else _carve(ds, split, val_fraction or 0.1, seed)
     if split == "all" and kind == "folder":  # every file, e.g. a separate validation source
         root = Path(path).expanduser()
         _check_folder(root)
