@@ -14,10 +14,12 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import stat
 import struct
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -441,32 +443,102 @@ def _split_dir(root: Path, split: str) -> Path | None:
     return None
 
 
+CSV_HEADERS = ("path", "file", "filename", "image")
+CSV_MAX_LINE = 1 << 20  # bytes; a 'path,label' line is far shorter, so a longer one means this is not such a file
+
+
+def _csv_lines(f: io.BufferedReader, path: Path) -> Iterator[str]:
+    """The lines of a CSV file opened in binary mode, decoded one by one so that bad bytes are reported by line."""
+    lineno = 0
+    while raw := f.readline(CSV_MAX_LINE + 1):
+        lineno += 1
+        if len(raw) > CSV_MAX_LINE:
+            raise VitkitError(f"{path}:{lineno}: line longer than {CSV_MAX_LINE} bytes; not a 'path,label' CSV file")
+        if b"\0" in raw:
+            raise VitkitError(f"{path}:{lineno}: NUL byte; binary data, not a 'path,label' CSV file")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise VitkitError(
+                f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                "save the file as UTF-8"
+            ) from None
+        yield text.removeprefix("\ufeff") if lineno == 1 else text
+
+
+def _brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error quotes the user's cell on one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_csv(path: str | os.PathLike) -> FileDataset:
-    """Rows ``path,label`` (an optional header row ``path,label``); relative paths from the CSV's folder."""
+    """Rows ``path,label`` (tab-separated for ``.tsv``; an optional header row ``path,label``); relative paths from
+    the CSV's folder. Cells are stripped; a row that repeats an earlier row's path is counted once, and the same path
+    with two labels is an error (it would otherwise be able to land in both the training and the validation part)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise VitkitError(f"CSV file {path} does not exist")
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2:
-                raise VitkitError(f"{path}:{lineno}: expected 'path,label', got {row!r}")
-            if lineno == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
-                continue
-            rows.append((row[0].strip(), row[1].strip(), lineno))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VitkitError(f"CSV file {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise VitkitError(f"cannot read CSV file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise VitkitError(f"CSV file {path} is not a regular file")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    rows: list[tuple[str, str]] = []
+    seen: dict[str, tuple[int, str]] = {}  # sample path -> (line, label)
+    repeated: list[tuple[int, int]] = []
+    first_row = True
+    reader = None
+    try:
+        with open(path, "rb") as f:
+            reader = csv.reader(_csv_lines(f, path), delimiter=delimiter)
+            for row in reader:
+                lineno = reader.line_num
+                cells = [c.strip() for c in row]
+                if not any(cells):
+                    continue
+                if len(cells) < 2:
+                    raise VitkitError(f"{path}:{lineno}: expected 'path{delimiter}label', got {_brief(row)}")
+                if first_row and cells[0].lower() in CSV_HEADERS:
+                    first_row = False
+                    continue
+                first_row = False
+                file, label = cells[0], cells[1]
+                if not file:
+                    raise VitkitError(f"{path}:{lineno}: empty path")
+                if not label:
+                    raise VitkitError(f"{path}:{lineno}: empty label for {_brief(file)}")
+                full = str(Path(file) if os.path.isabs(file) else path.parent / file)
+                if full in seen:
+                    before, other = seen[full]
+                    if other != label:
+                        raise VitkitError(
+                            f"{path}:{lineno}: {_brief(file)} has label {_brief(label)} but line {before} gives it "
+                            f"{_brief(other)}"
+                        )
+                    repeated.append((lineno, before))
+                    continue
+                seen[full] = (lineno, label)
+                rows.append((full, label))
+    except csv.Error as e:
+        raise VitkitError(f"{path}:{reader.line_num if reader else 0}: malformed CSV ({e})") from None
+    except OSError as e:
+        raise VitkitError(f"cannot read CSV file {path}: {e.strerror or e}") from None
     if not rows:
         raise VitkitError(f"{path}: no rows")
-    labels = {r[1] for r in rows}
-    numeric = all(lbl.lstrip("-").isdigit() for lbl in labels)
-    classes = sorted(labels, key=int) if numeric else sorted(labels)
+    if repeated:
+        warnings.warn(
+            f"{path}: {len(repeated)} rows repeat an earlier row's file and were counted once, "
+            f"e.g. line {repeated[0][0]} (as line {repeated[0][1]})",
+            stacklevel=2,
+        )
+    labels = {lbl for _, lbl in rows}
+    numeric = all(re.fullmatch(r"-?[0-9]+", lbl) for lbl in labels)
+    classes = sorted(labels, key=lambda c: (int(c), c)) if numeric else sorted(labels)  # '7' and '007': by text too
     index = {c: i for i, c in enumerate(classes)}
-    samples = []
-    for p, lbl, _ in rows:
-        full = Path(p) if os.path.isabs(p) else path.parent / p
-        samples.append((str(full), index[lbl]))
-    return FileDataset(samples, classes, f"csv:{path}")
+    return FileDataset([(p, index[lbl]) for p, lbl in rows], classes, f"csv:{path}")
 
 
 # --- splits ----------------------------------------------------------------------------------------
