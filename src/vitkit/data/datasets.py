@@ -19,6 +19,7 @@ import stat
 import struct
 import urllib.request
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +137,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise VitkitError(f"{path}: cannot read IDX file ({e}); re-download it") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise VitkitError(f"{path}: not an IDX file (bad magic number)")
@@ -144,6 +145,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if data[2] not in dtypes:
         raise VitkitError(f"{path}: unknown IDX data type 0x{data[2]:02x}")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise VitkitError(f"{path}: truncated IDX file (the header names {ndim} sizes, the file ends before them)")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(dtypes[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
@@ -254,11 +257,13 @@ def safe_unpickle(path: str | os.PathLike) -> Any:
             return RestrictedUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
     except pickle.UnpicklingError as e:
         raise VitkitError(f"{path}: refused to unpickle ({e}); CIFAR batches contain only arrays and lists") from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError) as e:
+    except Exception as e:  # whatever a malformed pickle makes the unpickler raise
         raise VitkitError(f"{path}: cannot read pickle ({type(e).__name__}: {e})") from None
 
 
 def _key(d: dict, name: str, path: Path) -> Any:
+    if not isinstance(d, dict):
+        raise VitkitError(f"{path}: holds a {type(d).__name__}, not a dict (is this a CIFAR python batch?)")
     for k in (name.encode(), name):
         if k in d:
             return d[k]
@@ -269,7 +274,7 @@ def load_cifar(kind: str, directory: str | os.PathLike, split: str) -> ArrayData
     """CIFAR-10: data_batch_1..5 / test_batch + batches.meta; CIFAR-100: train / test + meta (fine labels)."""
     directory = Path(directory).expanduser()
     sub = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
-    if (directory / sub).is_dir():
+    if os.path.isdir(directory / sub):
         directory = directory / sub
     if kind == "cifar10":
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
@@ -277,7 +282,7 @@ def load_cifar(kind: str, directory: str | os.PathLike, split: str) -> ArrayData
     else:
         names = ["train"] if split == "train" else ["test"]
         meta_name, label_key, names_key = "meta", "fine_labels", "fine_label_names"
-    missing = [n for n in [*names, meta_name] if not (directory / n).is_file()]
+    missing = [n for n in [*names, meta_name] if not os.path.isfile(directory / n)]
     if missing:
         raise VitkitError(
             f"{kind}: {', '.join(missing)} not found in {directory}; extract the python version "
@@ -286,14 +291,27 @@ def load_cifar(kind: str, directory: str | os.PathLike, split: str) -> ArrayData
     images, labels = [], []
     for n in names:
         d = safe_unpickle(directory / n)
-        data = np.asarray(_key(d, "data", directory / n), dtype=np.uint8)
+        data = _array(_key(d, "data", directory / n), np.uint8, directory / n, "data")
         if data.ndim != 2 or data.shape[1] != 3072:
             raise VitkitError(f"{directory / n}: expected data of shape (N, 3072), got {data.shape}")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # (N, H, W, C)
-        labels.append(np.asarray(_key(d, label_key, directory / n), dtype=np.int64))
+        labels.append(_array(_key(d, label_key, directory / n), np.int64, directory / n, label_key).reshape(-1))
     meta = safe_unpickle(directory / meta_name)
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _key(meta, names_key, directory / meta_name)]
-    return ArrayDataset(np.concatenate(images), np.concatenate(labels), classes, f"{kind}:{directory}")
+    names_list = _key(meta, names_key, directory / meta_name)
+    if not isinstance(names_list, list | tuple):
+        raise VitkitError(f"{directory / meta_name}: {names_key!r} is not a list of class names")
+    classes = [c.decode(errors="replace") if isinstance(c, bytes) else str(c) for c in names_list]
+    targets = np.concatenate(labels)
+    if len(targets) and (targets.min() < 0 or targets.max() >= len(classes)):
+        raise VitkitError(f"{directory}: labels outside 0..{len(classes) - 1} (the classes in {meta_name})")
+    return ArrayDataset(np.concatenate(images), targets, classes, f"{kind}:{directory}")
+
+
+def _array(value: Any, dtype: Any, path: Path, what: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise VitkitError(f"{path}: {what!r} is not an array of numbers ({e})") from None
 
 
 # --- image folders and CSV files -------------------------------------------------------------------
