@@ -15,11 +15,13 @@ from PIL import Image, ImageFile
 
 import vitkit
 from tests.data.conftest import noise, save
-from vitkit.data import DataSpec, FileDataset, Loader, PILTransform, open_image, to_channels
-from vitkit.data.transforms import eval_image
+from vitkit.data import DataSpec, FileDataset, Loader, PILTransform, open_image, to_channels, transforms
+from vitkit.data.transforms import eval_geometry, eval_image, eval_resize_crop
 from vitkit.errors import VitkitError
 from vitkit.eval.evaluate import evaluate
 from vitkit.predict import load_image
+
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
 # --- bounded memory --------------------------------------------------------------------------------
@@ -68,6 +70,40 @@ def test_predict_on_a_one_pixel_wide_image_keeps_memory_small(tmp_path):
 
 
 # --- the same computation ---------------------------------------------------------------------------
+@pytest.mark.parametrize("region", [False, True], ids=["as-chosen", "region-only"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize(
+    ("size", "img_size", "crop_pct"),
+    [
+        ((40, 30), (16, 16), 0.875),
+        ((30, 40), (16, 16), 0.9),
+        ((97, 13), (24, 24), 1.0),
+        ((13, 97), (24, 24), 0.875),  # PIL 13 takes a region call's passes in another order than the whole image's
+        ((50, 50), (16, 24), 0.875),
+        ((64, 20), (24, 16), 0.95),
+        ((3, 258), (224, 16), 0.875),
+        ((7, 5), (16, 16), 0.875),
+        ((300, 200), (224, 224), 0.875),
+        ((2, 300), (16, 16), 0.875),  # extreme aspect ratios: the region is resized even when not forced
+        ((700, 5), (24, 24), 0.9),
+    ],
+)
+def test_resize_crop_is_whole_resize_then_centre_crop(monkeypatch, size, img_size, crop_pct, interpolation, region):
+    if region:
+        monkeypatch.setattr(transforms, "WHOLE_RESIZE_LIMIT", 0)
+    spec = DataSpec(img_size, 3, (0.5,) * 3, (0.5,) * 3, interpolation, crop_pct)
+    img = noise(size, seed=sum(size))
+    nh, nw, top, left = eval_geometry(size[1], size[0], spec)
+    th, tw = img_size
+    whole = img.resize((nw, nh), RESAMPLE[interpolation]).crop((left, top, left + tw, top + th))
+    got = eval_resize_crop(img, spec)
+    assert got.size == whole.size == (tw, th)
+    diff = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(whole, dtype=np.int16))
+    assert diff.max() <= 1
+    if not region and nh * nw <= transforms.WHOLE_RESIZE_LIMIT * th * tw:
+        assert diff.max() == 0  # the same computation
+
+
 class Recorder(torch.nn.Module):
     """Stands in for a classifier: keeps the batches it is fed."""
 
