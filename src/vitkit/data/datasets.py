@@ -123,7 +123,7 @@ class FileDataset:
         return open_image(path), label
 
     def subset(self, indices: np.ndarray) -> "FileDataset":
-        return FileDataset([self.samples[i] for i in indices], self.classes, self.source, self.channels)
+        return FileDataset([self.samples[i] for i in indices], self.classes, self.source, self.channels, self.skipped)
 
 
 Dataset = ArrayDataset | FileDataset
@@ -154,14 +154,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(payload) != expected:
         raise VitkitError(f"{path}: truncated IDX file ({len(payload)} data bytes, header says {expected})")
     return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download_idx(kind: str, directory: str | os.PathLike) -> None:
@@ -622,8 +614,8 @@ def build_dataset(
     'val' is the source's own validation split when it has one (folder ``val/``), else a stratified
     ``val_fraction`` of the training set (then 'train' excludes it), else the test split (IDX, CIFAR, a
     folder with ``test/``). Flat folders and CSV files have no split of their own: without ``val_fraction``
-    they hold out 10% for 'val', so training never validates on its own images; their 'test' and 'all' are
-    every file.
+    they hold out 10% for 'val', so training never validates on its own images; 'all' is every file, and so is
+    a CSV file's 'test' (a flat folder has no 'test': asking for it is an error that points to 'all').
     """
     if split not in ("train", "val", "test", "all"):
         raise VitkitError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
@@ -677,7 +669,10 @@ def _folder_split(root: Path, split: str, val_fraction: float, seed: int) -> Fil
     train_dir = dirs["train"]
     if train_dir is None:  # root/<class>/...: hold out a part for validation
         if split == "test":
-            raise VitkitError(f"{root}: no test/ sub-folder (layout: {root}/train|val|test/<class>/<images>)")
+            raise VitkitError(
+                f"{root}: no test/ sub-folder (layout: {root}/train|val|test/<class>/<images>); "
+                "split 'all' (--split all) scores every image of a folder of class folders"
+            )
         return _carve(_scan_class_dirs(root).dataset(f"folder:{root}"), split, val_fraction or 0.1, seed)
     fence = (root, *(d for d in dirs.values() if d is not None))  # a link from one split must not reach another
     train = _scan_class_dirs(train_dir, fence)

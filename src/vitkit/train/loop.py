@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -66,6 +67,15 @@ def build_datasets(cfg: TrainConfig):
         raise VitkitError(
             f"validation classes {val_ds.classes[:5]}... differ from training classes {train_ds.classes[:5]}..."
         )
+    if cfg.val_data and hasattr(train_ds, "samples") and hasattr(val_ds, "samples"):
+        train_files = {os.path.realpath(p) for p, _ in train_ds.samples}
+        shared = [p for p, _ in val_ds.samples if os.path.realpath(p) in train_files]
+        if shared:
+            warnings.warn(
+                f"--val-data: {len(shared)} of {len(val_ds)} validation files are also training files "
+                f"(e.g. {shared[0]}); the validation score will be optimistic",
+                stacklevel=2,
+            )
     rng = np.random.default_rng(_mix(cfg.seed, 7))
     if cfg.max_train_samples and cfg.max_train_samples < len(train_ds):
         train_ds = train_ds.subset(np.sort(rng.permutation(len(train_ds))[: cfg.max_train_samples]))
