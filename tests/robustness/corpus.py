@@ -235,7 +235,7 @@ def cases(root: Path, model: Path) -> list[Case]:
     good, data, out, m = str(root / "images" / "good.png"), root / "data", root / "outputs", str(model)
     predict = lambda key: ["predict", m, image(key)]
     result = [
-        Case("truncated_png", predict("truncated_png"), "handled", "truncated", 1, "a bad file is one line, exit 1"),
+        Case("truncated_png", predict("truncated_png"), "handled", "cannot read image", 1, "one line, exit 1"),
         Case("truncated_jpeg", predict("truncated_jpeg"), "handled", "cannot read image", 1),
         Case("empty_file", predict("empty"), "handled", "cannot read image", 1),
         Case("text_as_jpeg", predict("text"), "handled", "cannot read image", 1),
