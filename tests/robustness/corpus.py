@@ -168,7 +168,12 @@ def data_sets(root: Path, good_image: Path) -> dict[str, Path]:
     csv.write_bytes(b"path,label\n" + "caf\xe9.png,a\n".encode("latin-1"))
     out["non_utf8_csv"] = csv
     missing = d / "missing.csv"
-    missing.write_text(f"path,label\n{good_image},a\nnope.png,b\n")
+    rows = []  # one readable image for each of the good model's first 9 classes, a missing one for the 10th
+    for label in range(9):
+        (d / f"ok{label}.png").write_bytes(good_image.read_bytes())
+        rows.append(f"{d / f'ok{label}.png'},{label}")
+    rows.append("nope.png,9")
+    missing.write_text("path,label\n" + "\n".join(rows) + "\n")
     out["csv_missing_file"] = missing
     empty = d / "empty_folder"
     (empty / "cat").mkdir(parents=True, exist_ok=True)
@@ -230,7 +235,7 @@ def cases(root: Path, model: Path) -> list[Case]:
     good, data, out, m = str(root / "images" / "good.png"), root / "data", root / "outputs", str(model)
     predict = lambda key: ["predict", m, image(key)]
     result = [
-        Case("truncated_png", predict("truncated_png"), "handled", "truncated", 1, "a bad file is one line, exit 1"),
+        Case("truncated_png", predict("truncated_png"), "handled", "cannot read image", 1, "one line, exit 1"),
         Case("truncated_jpeg", predict("truncated_jpeg"), "handled", "cannot read image", 1),
         Case("empty_file", predict("empty"), "handled", "cannot read image", 1),
         Case("text_as_jpeg", predict("text"), "handled", "cannot read image", 1),
@@ -267,7 +272,8 @@ def cases(root: Path, model: Path) -> list[Case]:
     result += [
         Case("csv_non_utf8", ev(f"csv:{data / 'latin1.csv'}"), "error", "latin1.csv"),
         Case("csv_missing_file", ev(f"csv:{data / 'missing.csv'}"), "error", "nope.png"),
-        Case("empty_folder", ev(f"folder:{data / 'empty_folder'}"), "error", "no image files"),
+        Case("empty_folder", [*ev(f"folder:{data / 'empty_folder'}"), "--split", "all"], "error", "no image files"),
+        Case("flat_folder_test_split", ev(f"folder:{data / 'all_bad'}"), "error", "--split all"),
         Case("truncated_idx", ev(f"fashion-mnist:{data / 'idx'}"), "error", "truncated"),
     ]
     train = ["train", "--model", "vit_nano_patch4_28", "--model-args", "depth=1,embed_dim=16,num_heads=2",
@@ -276,7 +282,7 @@ def cases(root: Path, model: Path) -> list[Case]:
     bad = f"folder:{data / 'all_bad'}"
     result += [
         Case("train_all_bad_images_skipped", [*train, "--data", bad, "--skip-bad-images"], "error", "unreadable"),
-        Case("train_all_bad_images", [*train, "--data", bad], "error", "0.png"),
+        Case("train_all_bad_images", [*train, "--data", bad], "error", "cannot read image"),
         Case(
             "train_symlink_loop",
             [*train, "--data", f"folder:{data / 'loop'}", "--val-fraction", "0.34"],

@@ -15,7 +15,8 @@ from vitkit.cli import main
 
 TIMEOUT_S = 120  # a hang fails the case instead of stalling the suite
 PWNED = Path("/tmp/vitkit-corpus-pwned")
-NAMES = [c.name for c in corpus.cases(Path("/corpus"), Path("/model"))]
+SHAPES = corpus.cases(Path("/corpus"), Path("/model"))  # names and commands; paths are filled in by `written`
+NAMES = [c.name for c in SHAPES]
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,40 @@ def test_every_class_of_the_issue_is_covered():
     if hasattr(os, "mkfifo"):
         must.add("fifo_named_png")
     assert must <= set(NAMES)
+
+
+IMAGE_CASES = [c.name for c in SHAPES if c.argv[0] == "predict" and not c.name.startswith("checkpoint_")]
+SOURCE_CASES = [c.name for c in SHAPES if c.name.startswith("checkpoint_") or c.argv[0] == "eval"]
+
+
+@pytest.mark.parametrize("name", IMAGE_CASES)
+def test_corpus_images_through_the_api(written, name):
+    """``vitkit.predict.predict`` answers every image case with predictions or a named error, never an exception."""
+    from vitkit.predict import predict
+
+    case = written[name]
+    model = vitkit.from_pretrained(case.argv[1])
+    [result] = predict(model, case.argv[2:])
+    if case.status == 0:
+        assert result.error is None and len(result.topk) == 5, result.error
+    else:
+        assert result.error and case.needle in result.error, result.error
+
+
+@pytest.mark.parametrize("name", SOURCE_CASES)
+def test_corpus_checkpoints_and_data_through_the_api(written, name):
+    """``from_pretrained`` and ``build_dataset`` + ``evaluate`` raise a VitkitError naming the problem."""
+    from vitkit.data import build_dataset
+    from vitkit.eval.evaluate import evaluate
+
+    case = written[name]
+    PWNED.unlink(missing_ok=True)
+    with pytest.raises(vitkit.VitkitError) as info:
+        if case.argv[0] == "predict":
+            vitkit.from_pretrained(case.argv[1])
+        else:
+            split = case.argv[case.argv.index("--split") + 1] if "--split" in case.argv else "test"
+            dataset = build_dataset(case.argv[case.argv.index("--data") + 1], split)
+            evaluate(vitkit.from_pretrained(case.argv[1]), dataset)
+    assert case.needle in str(info.value)
+    assert not PWNED.exists(), "a file made vitkit run code"

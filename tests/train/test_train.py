@@ -205,3 +205,13 @@ def test_image_folder_training_with_workers_and_bad_files(tmp_path):
     assert result.history[-1]["skipped_images"] == 1
     model = vitkit.from_pretrained(result.best_checkpoint)
     assert model.config.in_chans == 3 and model.class_names == ["class0", "class1"]
+
+
+def test_val_data_sharing_training_files_warns(tmp_path):
+    from tests.data.conftest import class_folders
+
+    data = class_folders(tmp_path / "data", {"a": 4, "b": 4})
+    cfg = TrainConfig(model="vit_nano_patch4_28", data=f"folder:{data}", val_data=f"folder:{data / '..' / 'data'}")
+    # the training split of a flat folder holds one image per class back: 6 of the 8 files are training files
+    with pytest.warns(UserWarning, match=r"--val-data: 6 of 8 validation files are also training files"):
+        loop_mod.build_datasets(cfg)

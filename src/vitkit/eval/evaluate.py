@@ -5,7 +5,9 @@ normalise). In-memory data sets (IDX, CIFAR) are converted a whole batch at a ti
 are decoded one by one.
 """
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,11 +70,29 @@ def load_images(dataset: Any, indices: list[int], spec: DataSpec) -> torch.Tenso
     return _file_batch(dataset, indices, spec, normalize=False)[0]
 
 
-def load_dataset(source: str, split: str) -> Any:
-    """``vitkit.data.build_dataset`` (the training engine's source strings)."""
+def load_dataset(source: str, split: str, *, val_fraction: float = 0.0, seed: int = 0) -> Any:
+    """``vitkit.data.build_dataset`` (the training engine's source strings); give the training run's
+    ``val_fraction`` and ``seed`` so that split 'val' is the part that run held out."""
     from vitkit.data import build_dataset
 
-    return build_dataset(source, split)
+    return build_dataset(source, split, val_fraction=val_fraction, seed=seed)
+
+
+def run_split_settings(checkpoint: str | os.PathLike, data: str) -> tuple[float, int]:
+    """(val_fraction, seed) of the training run that wrote ``checkpoint`` (a run folder or its best/ or last/) when
+    it trained on ``data``; (0.0, 0) otherwise, the data set's default split."""
+    path = Path(checkpoint).expanduser()
+    for folder in (path, path.parent):
+        try:
+            cfg = json.loads((folder / "train_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict) and cfg.get("data") == data and not cfg.get("val_data"):
+            fraction, seed = cfg.get("val_fraction", 0.0), cfg.get("seed", 0)
+            if isinstance(fraction, (int, float)) and isinstance(seed, int) and 0 <= fraction < 1:
+                return float(fraction), seed
+        return 0.0, 0
+    return 0.0, 0
 
 
 def check_classes(model: Any, dataset: Any) -> list[str]:

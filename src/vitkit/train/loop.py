@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -32,7 +33,7 @@ from vitkit.models.registry import parse_overrides
 from vitkit.train import distributed
 from vitkit.train.budget import TrainingClock, budget_text, build_schedule, planned_epochs
 from vitkit.train.config import TrainConfig, TrainResult
-from vitkit.train.optim import ModelEma, param_groups
+from vitkit.train.optim import ModelEma, adamw, param_groups
 from vitkit.train.progress import MetricsLog, Progress
 from vitkit.train.state import (
     STATE_JSON,
@@ -67,6 +68,15 @@ def build_datasets(cfg: TrainConfig):
         raise VitkitError(
             f"validation classes {val_ds.classes[:5]}... differ from training classes {train_ds.classes[:5]}..."
         )
+    if cfg.val_data and hasattr(train_ds, "samples") and hasattr(val_ds, "samples"):
+        train_files = {os.path.realpath(p) for p, _ in train_ds.samples}
+        shared = [p for p, _ in val_ds.samples if os.path.realpath(p) in train_files]
+        if shared:
+            warnings.warn(
+                f"--val-data: {len(shared)} of {len(val_ds)} validation files are also training files "
+                f"(e.g. {shared[0]}); the validation score will be optimistic",
+                stacklevel=2,
+            )
     rng = np.random.default_rng(_mix(cfg.seed, 7))
     if cfg.max_train_samples and cfg.max_train_samples < len(train_ds):
         train_ds = train_ds.subset(np.sort(rng.permutation(len(train_ds))[: cfg.max_train_samples]))
@@ -285,7 +295,7 @@ def _train(
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     if not groups:
         raise VitkitError("no trainable parameters (is everything frozen?)")
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = adamw(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler, budget = build_schedule(cfg, optimizer, steps_per_epoch)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
