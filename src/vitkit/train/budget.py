@@ -15,11 +15,13 @@ speed after the resume; with an injected clock (tests) a resumed run is bitwise 
 """
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from vitkit.errors import VitkitError
 from vitkit.train.config import TrainConfig
 from vitkit.train.optim import WarmupCosine
 
@@ -55,10 +57,6 @@ def parse_budget(text: str) -> tuple[float, int]:
 
     Returns (minutes, images), one of them 0. A bad value is a one-line error naming the flag.
     """
-    import re
-
-    from vitkit.errors import VitkitError
-
     s = text.strip().lower().replace(" ", "")
     m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(s|sec|m|min|h)", s)
     if m and float(m.group(1)) > 0:

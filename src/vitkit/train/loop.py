@@ -596,6 +596,7 @@ _RESUME_MAY_CHANGE = {
     "tensorboard",
     "checkpoint_every_steps",
     "time_limit_minutes",
+    "budget_images",
     "early_stopping_patience",
     "device",
     "overwrite_output_dir",
