@@ -79,3 +79,12 @@ def test_defaults_learn_on_generated_data(tmp_path, capsys, one_thread, sizes, r
     assert cfg["img_size"] == img_size and cfg["budget_images"] == 480 and cfg["epochs"] is None
     last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"type": "epoch"' in x][-1]
     assert last["val_acc"] >= 0.75  # two classes: chance is 0.5 (the held-out val/ folder)
+
+
+def test_pretrained_turns_the_defaults_into_fine_tuning(capsys):
+    assert main(["train", "--pretrained", "runs/x/best", "--print-config"]) == 0
+    captured = capsys.readouterr()
+    cfg = json.loads(captured.out)
+    assert cfg["model"] == "" and cfg["img_size"] == 0  # the checkpoint's architecture, resolution, normalisation
+    assert cfg["lr"] == 1e-4 and cfg["layer_decay"] == 0.75 and cfg["batch_size"] == 32
+    assert captured.err.startswith("recipe: fine-tune (")
