@@ -455,14 +455,17 @@ def tensor_train_transform(
     if aug in ("randaugment", "trivialaugment"):
         x = tensor_augment(x, aug, g)
     x = normalize(x, spec)
-    if random_erasing:
-        u = torch.rand(5, b, generator=g, dtype=torch.float64).tolist()
-        keep = torch.ones(b, 1, th, tw)
-        for i in range(b):
-            if u[0][i] < random_erasing:
-                y0, x0, eh, ew = _erase_box(th, tw, u[1][i], u[2][i], u[3][i], u[4][i])
-                keep[i, :, y0 : y0 + eh, x0 : x0 + ew] = 0.0
-        x = x * keep
+    if random_erasing:  # the rectangles of _erase_box, for the whole batch at once
+        u = torch.rand(5, b, generator=g, dtype=torch.float64)
+        area = th * tw * (0.02 + 0.31 * u[1])
+        ratio = torch.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[2])
+        eh = torch.round(torch.sqrt(area * ratio)).clamp(1, th)
+        ew = torch.round(torch.sqrt(area / ratio)).clamp(1, tw)
+        y0, x0 = torch.floor(u[3] * (th - eh + 1)), torch.floor(u[4] * (tw - ew + 1))
+        rows, cols = torch.arange(th)[None, :, None], torch.arange(tw)[None, None, :]
+        inside = (rows >= y0[:, None, None]) & (rows < (y0 + eh)[:, None, None])
+        inside = inside & (cols >= x0[:, None, None]) & (cols < (x0 + ew)[:, None, None])
+        x = x.masked_fill((inside & (u[0] < random_erasing)[:, None, None])[:, None], 0.0)
     return x
 
 
