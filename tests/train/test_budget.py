@@ -33,21 +33,19 @@ class FakeClock:
 
 @pytest.fixture
 def ticking(monkeypatch):
-    """Make every training batch's loss advance the clocks handed out by the returned factory."""
-    clocks: list[FakeClock] = []
+    """A factory of fake clocks; the latest one advances by its ``dt`` with every training batch's loss."""
+    latest: list[FakeClock] = []
     real = loop_mod.soft_cross_entropy
 
     def loss(logits, target):
-        for c in clocks:
-            c.t += c.dt
+        latest[-1].t += latest[-1].dt
         return real(logits, target)
 
     monkeypatch.setattr(loop_mod, "soft_cross_entropy", loss)
 
     def make(dt: float, t: float = 0.0) -> FakeClock:
-        clocks.clear()
-        clocks.append(FakeClock(dt, t))
-        return clocks[0]
+        latest.append(FakeClock(dt, t))
+        return latest[-1]
 
     return make
 
