@@ -79,3 +79,11 @@ def test_pointing_hits_and_chance():
     assert fa.pointing_hits(maps, boxes).tolist() == [True, False]
     assert fa.pointing_hits(maps, boxes, tolerance=0).tolist() == [True, False]
     assert fa.chance_hit_rate(boxes, (10, 10), tolerance=1) == pytest.approx(25 / 100)
+
+
+def test_the_peak_of_a_blocky_or_flat_map_is_the_centre_of_its_maximum():
+    maps = torch.zeros(2, 12, 12)
+    maps[0, 4:8, 8:12] = 1.0  # one 4x4 patch: its centre, not its first pixel
+    maps[1] = 0.5  # flat: the middle of the image
+    rows, cols = fa.peak_points(maps)
+    assert rows.tolist() == [6, 6] and cols.tolist() == [10, 6]  # 5.5 and 9.5 round to even, 5.5 to 6

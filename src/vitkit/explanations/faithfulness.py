@@ -163,11 +163,26 @@ def synthetic_pointing_data(
     return PointingData(images, labels.astype(np.int64), boxes, names)
 
 
+def peak_points(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of each (B, H, W) map's peak: the centre of its maximal pixels, rounded.
+
+    A map that is constant over a patch (ViT) or flat has many maximal pixels; their centre stands for them, so a
+    flat map points at the middle of the image rather than at its first pixel.
+    """
+    _, H, W = heatmaps.shape
+    flat = heatmaps.flatten(1).float()
+    top = flat >= flat.amax(dim=1, keepdim=True) - 1e-6  # (B, H*W)
+    idx = torch.arange(H * W)
+    weights = top.float() / top.sum(dim=1, keepdim=True)
+    rows = (weights * (idx // W).float()).sum(1).round().long()
+    cols = (weights * (idx % W).float()).sum(1).round().long()
+    return rows, cols
+
+
 def pointing_hits(heatmaps: torch.Tensor, boxes: np.ndarray | torch.Tensor, tolerance: int = 1) -> torch.Tensor:
-    """(B,) bool: does each map's peak fall in its box (top, left, bottom, right), widened by ``tolerance`` px?"""
-    W = heatmaps.shape[-1]
-    idx = heatmaps.flatten(1).argmax(dim=1)
-    rows, cols = idx // W, idx % W
+    """(B,) bool: does each map's peak (:func:`peak_points`) fall in its box (top, left, bottom, right), widened by
+    ``tolerance`` px?"""
+    rows, cols = peak_points(heatmaps)
     b = torch.as_tensor(np.asarray(boxes))
     return (
         (rows >= b[:, 0] - tolerance)

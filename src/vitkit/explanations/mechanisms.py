@@ -171,6 +171,8 @@ def _grid_lines(ax, starts_y, starts_x, extent: tuple[float, float], **style) ->
 
 
 def vit_sections(model, image: torch.Tensor, out_dir: Path) -> list[Section]:
+    from matplotlib import patheffects
+
     cfg = model.config
     H, W = image.shape[-2:]
     p = cfg.patch_size
@@ -181,10 +183,18 @@ def vit_sections(model, image: torch.Tensor, out_dir: Path) -> list[Section]:
     _grid_lines(ax, range(0, H + 1, p), range(0, W + 1, p), (H, W), color="yellow", lw=0.6)
     every = max(1, (gh * gw) // 200)  # numbers stay readable on large grids
     fs = max(4, min(9, 140 // max(gh, gw)))
+    outline = [patheffects.withStroke(linewidth=1.5, foreground="black")]  # readable on light and dark pixels
     for i in range(0, gh * gw, every):
         r, c = divmod(i, gw)
         ax.text(
-            c * p + p / 2 - 0.5, r * p + p / 2 - 0.5, str(i + 1), ha="center", va="center", fontsize=fs, color="cyan"
+            c * p + p / 2 - 0.5,
+            r * p + p / 2 - 0.5,
+            str(i + 1),
+            ha="center",
+            va="center",
+            fontsize=fs,
+            color="cyan",
+            path_effects=outline,
         )
     ax.set_title(f"{gh} x {gw} patches of {p} px, raster order (left to right, top to bottom)", fontsize=8)
     if model.num_prefix_tokens:
@@ -315,13 +325,13 @@ def swin_sections(model, image: torch.Tensor, out_dir: Path) -> list[Section]:
         regions = shift_regions(Hp, Wp, ws, sh)
         win_regions = window_partition(regions.view(1, Hp, Wp, 1), ws).view(-1, ws * ws)  # (nW, N)
         masks = (win_regions[:, :, None] != win_regions[:, None, :]).float() * -100.0
-        fig = _figure(10.0, 3.6)
+        fig = _figure(12.0, 4.0)
         ax = fig.add_subplot(1, 3, 1)
         valid = torch.zeros(Hp, Wp)
         valid[: st["grid"][0], : st["grid"][1]] = 1
         ax.imshow(torch.roll(valid, (-sh, -sh), (0, 1)).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         _grid_lines(ax, range(0, Hp + 1, ws), range(0, Wp + 1, ws), (Hp, Wp), color="yellow", lw=1.2)
-        ax.set_title(f"map rolled by -{sh} (dark: padding)", fontsize=8)
+        ax.set_title(f"map rolled up-left by {sh}\n(dark: padding)", fontsize=8)
         ax = fig.add_subplot(1, 3, 2)
         ax.imshow(regions.numpy(), cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
         for r in range(Hp):
@@ -329,11 +339,11 @@ def swin_sections(model, image: torch.Tensor, out_dir: Path) -> list[Section]:
                 if Hp * Wp <= 400:
                     ax.text(c, r, str(int(regions[r, c])), ha="center", va="center", fontsize=5, color="white")
         _grid_lines(ax, range(0, Hp + 1, ws), range(0, Wp + 1, ws), (Hp, Wp), color="black", lw=1.5)
-        ax.set_title("regions after the shift (same id = neighbours in the image)", fontsize=8)
+        ax.set_title("regions after the shift\n(same colour = neighbours in the image)", fontsize=8)
         ax = fig.add_subplot(1, 3, 3)
         last = masks.shape[0] - 1  # the bottom-right window holds all four kinds of region
-        ax.imshow(masks[last].numpy(), cmap="gray_r", vmin=-100, vmax=0, interpolation="nearest")
-        ax.set_title(f"mask of window {last} ({ws * ws}x{ws * ws}): -100 across regions", fontsize=8)
+        ax.imshow(masks[last].numpy(), cmap="gray", vmin=-100, vmax=0, interpolation="nearest")
+        ax.set_title(f"mask of window {last} ({ws * ws}x{ws * ws})\nblack: -100 across regions", fontsize=8)
         ax.set_xlabel("key")
         ax.set_ylabel("query")
         mask_png = write_png(fig, out_dir / "swin_shift_mask.png")
@@ -367,6 +377,8 @@ def swin_sections(model, image: torch.Tensor, out_dir: Path) -> list[Section]:
         for j in range(4):
             ax.text(j, i, str(int(steps["relative_position_index"][i, j])), ha="center", va="center", color="white")
     ax.set_title("the note's example, window 2: index (4x4) into 3x3 = 9 biases", fontsize=8)
+    ax.set_xticks(range(4))
+    ax.set_yticks(range(4))
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     ax = fig.add_subplot(1, 2, 2)
