@@ -67,6 +67,12 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="combine earlier runs' explain_faithfulness.json (e.g. one process per family) into --out instead",
+    )
     args = p.parse_args(argv)
     if args.tiny:
         args.parts = "pointing"
@@ -299,10 +305,12 @@ def markdown(result: dict) -> str:
     lines = [f"### Explanation faithfulness ({result['date']})", ""]
     m = result["machine"]
     lines += [
-        f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['threads']} threads, torch {m['torch']}; load "
-        f"{m['load_avg']} before, {result['load_after']} after. Command: `{result['command']}`",
+        f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['threads']} threads per process, torch {m['torch']}.",
         "",
     ]
+    for r in result.get("merged_from", [result]):
+        lines.append(f"- `{r['command']}` (load {r['machine']['load_avg']} before, {r['load_after']} after)")
+    lines.append("")
     if "fashion" in result:
         f = result["fashion"]
         lines += [
@@ -312,7 +320,7 @@ def markdown(result: dict) -> str:
             "",
         ]
         lines += [
-            "| family | model (test acc.) | order | deletion AUC | beats random | insertion AUC | beats random |",
+            "| family | model (test acc., ep.) | order | deletion AUC | beats random | insertion AUC | beats random |",
             "|---|---|---|---:|---:|---:|---:|",
         ]
         for fam, row in f["families"].items():
@@ -370,8 +378,35 @@ def _pct(v) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
+def merge(paths: list[str]) -> dict:
+    """One result from several runs: the first run's header, every run's families (later runs win)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    result = dict(runs[0])
+    result["merged_from"] = [
+        {"command": r["command"], "machine": r["machine"], "load_after": r["load_after"]} for r in runs
+    ]
+    for part in ("fashion", "pointing"):
+        found = [r[part] for r in runs if part in r]
+        if found:
+            result[part] = dict(found[0])
+            result[part]["families"] = {k: v for f in found for k, v in f["families"].items()}
+    result["seconds"] = sum(r.get("seconds", 0.0) for r in runs)
+    return result
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "explain_faithfulness.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    text = markdown(result)
+    (out / "explain_faithfulness.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        write(merge(args.merge), Path(args.out))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -396,12 +431,7 @@ def main(argv=None) -> int:
     from vitkit.bench.machine import load_avg
 
     result["load_after"] = load_avg()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "explain_faithfulness.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    text = markdown(result)
-    (out / "explain_faithfulness.md").write_text(text + "\n", encoding="utf-8")
-    print(text)
+    write(result, Path(args.out))
     return 0
 
 

@@ -83,6 +83,7 @@ def test_without_matplotlib_the_numbers_are_still_written(trained_run, images, t
         (["--class", "12"], ["class 12 is out of range"]),
         (["--method", "gradcams"], ["unknown explanation method 'gradcams'"]),
         (["--mechanism", "swin"], ["--mechanism swin", "is a vit model"]),
+        (["--size", "32"], ["--size applies to --mechanism"]),
     ],
 )
 def test_user_errors_are_one_line(trained_run, images, tmp_path, capsys, args, needles):

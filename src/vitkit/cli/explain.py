@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise VitkitError(f"--batch-size must be >= 1 (got {args.batch_size})")
     if args.mechanism:
         return run_mechanism(args)
+    if args.size is not None:
+        raise VitkitError("--size applies to --mechanism figures; explanations use each model's own input size")
     if not args.inputs:
         raise VitkitError("give at least one image to explain (or --mechanism FAMILY to draw the model's mechanisms)")
     return run_explain(args)
