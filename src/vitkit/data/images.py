@@ -13,6 +13,7 @@ file, for training, evaluation, prediction and serving alike.
 * 16-bit and float images are scaled to 8 bits from their own range.
 """
 
+import io
 import os
 import stat
 import warnings
@@ -81,3 +82,33 @@ def array_to_image(a: np.ndarray) -> Image.Image:
     if a.shape[-1] == 1:
         return Image.fromarray(a[..., 0], mode="L")
     return Image.fromarray(a, mode="RGB")
+
+
+def decode_image(data: bytes, name: str = "image", *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image held in memory (an upload) as :func:`open_image` decodes a file; errors name ``name``.
+
+    ``max_pixels`` refuses a larger image from its header, before a single pixel is decoded: a server can set a
+    limit well below PIL's process-wide ``MAX_IMAGE_PIXELS``.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise VitkitError(
+                        f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (decompression bomb?)"
+                    )
+                img.load()
+                img = ImageOps.exif_transpose(img)  # a copy, upright
+                return img if img.mode != "P" else img.convert("RGBA")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise VitkitError(f"{name}: refused to decode ({e})") from None
+    except UnidentifiedImageError:
+        raise VitkitError(f"{name}: not an image (unknown format or corrupt header)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise VitkitError(f"{name}: cannot read image ({type(e).__name__}: {e}); corrupt or truncated?") from None
+    except VitkitError:
+        raise
+    except Exception as e:  # a decoder's own failure on a malformed file (struct.error, IndexError, ...)
+        raise VitkitError(f"{name}: cannot read image ({type(e).__name__}: {e}); corrupt?") from None
