@@ -207,17 +207,17 @@ def test_a_full_queue_answers_503_with_retry_after(make_client, model):
     assert client.post("/v1/predict", files=files(image_bytes())).status_code == 200
 
 
-def test_explain_is_a_clear_501_without_vitkit_explain(client, monkeypatch):
-    monkeypatch.setitem(sys.modules, "vitkit.explain", None)
+def test_explain_is_a_clear_501_without_vitkit_explanations(client, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vitkit.explanations", None)
     r = client.post("/v1/explain", files=files(image_bytes()))
     assert r.status_code == 501
-    assert "vitkit.explain" in r.json()["error"]
+    assert "vitkit.explanations" in r.json()["error"]
     assert client.get("/v1/model").json()["explain_available"] is False
     assert client.post("/v1/predict", files=files(image_bytes())).status_code == 200
 
 
-def test_explain_overlay_where_vitkit_explain_exists(client):
-    pytest.importorskip("vitkit.explain")
+def test_explain_overlay_where_vitkit_explanations_exists(client):
+    pytest.importorskip("vitkit.explanations")
     from PIL import Image
 
     r = client.post("/v1/explain", files=files(image_bytes((40, 30))))

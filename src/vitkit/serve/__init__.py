@@ -8,7 +8,7 @@ module imports none of them, so ``vitkit`` itself works without the extra. The p
 * ``uploads.py``  request bodies -> decoded, checked, preprocessed images (every rejection names the file and limit)
 * ``batcher.py``  dynamic batching: concurrent images grouped into one forward pass, off the event loop
 * ``metrics.py``  Prometheus text exposition
-* ``explain.py``  the one call into ``vitkit.explain`` (an overlay PNG), 501 while that is not installed
+* ``explain.py``  the one call into ``vitkit.explanations`` (an overlay PNG), 501 while that is not installed
 * ``openapi.py``  the API's OpenAPI document
 * ``app.py``      the Starlette application: routes, errors as JSON, warm-up and drain
 * ``server.py``   listening socket + uvicorn, SIGTERM drains in-flight requests and exits 0

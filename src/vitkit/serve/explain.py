@@ -1,6 +1,6 @@
-"""The server's one call into :mod:`vitkit.explain`: an image -> its explanation drawn over it, as PNG bytes.
+"""The server's one call into :mod:`vitkit.explanations`: an image -> its explanation drawn over it, as PNG bytes.
 
-``vitkit.explain`` is imported only here and only when an explanation is asked for; where it is not installed,
+``vitkit.explanations`` is imported only here and only when an explanation is asked for; where it is not installed,
 :class:`ExplainUnavailable` makes ``POST /v1/explain`` answer 501 and the page says so. The call runs in the model
 thread, between batches (it needs autograd and records attention, which the optimized model does on its reference
 path).
@@ -19,18 +19,18 @@ _RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 
 ALPHA = 0.55  # how much of the colour covers the image where relevance is 1
 
 
-UNAVAILABLE = "explanations are not available: this vitkit has no vitkit.explain (predictions still work)"
+UNAVAILABLE = "explanations are not available: this vitkit has no vitkit.explanations (predictions still work)"
 
 
 class ExplainUnavailable(Exception):
-    """This vitkit has no ``vitkit.explain``."""
+    """This vitkit has no ``vitkit.explanations``."""
 
 
 def _explain_function() -> Any:
     try:
-        from vitkit.explain import explain
+        from vitkit.explanations import explain
     except ModuleNotFoundError as e:
-        if e.name is not None and (e.name == "vitkit" or e.name.startswith("vitkit.explain")):
+        if e.name is not None and (e.name == "vitkit" or e.name.startswith("vitkit.explanations")):
             raise ExplainUnavailable(UNAVAILABLE) from None
         raise
     return explain

@@ -136,7 +136,7 @@ def openapi_document(model: dict[str, Any]) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "PNG", "content": {"image/png": {}}},
                         **REFUSALS,
-                        "501": _error("This vitkit has no vitkit.explain."),
+                        "501": _error("This vitkit has no vitkit.explanations."),
                     },
                 }
             },
