@@ -81,6 +81,12 @@ def rss_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def batch_stats(metrics_text: str) -> tuple[float, float]:
     """(forward passes, images) the server ran so far, from its /metrics."""
     count = re.search(r"^vitkit_batch_size_count (\S+)$", metrics_text, re.M)
@@ -227,13 +233,17 @@ def summary(tally: Tally, elapsed: float) -> dict:
 def throughput(ckpt: Path, image: bytes, ctype: str, args, batching: bool) -> dict:
     flags = ["--max-batch-size", str(args.max_batch_size if batching else 1), "--max-wait-ms",
              str(args.max_wait_ms if batching else 0), "--max-queue", str(args.max_queue)]  # fmt: skip
-    with server(ckpt, args.threads, flags) as (url, _pid):
+    with server(ckpt, args.threads, flags) as (url, pid):
         load(url, image, ctype, args.clients, seconds=min(3.0, args.seconds))  # warm the connections and caches
-        before = batch_stats(http_get(f"{url}/metrics")[1])
+        before, cpu_before = batch_stats(http_get(f"{url}/metrics")[1]), cpu_seconds(pid)
         tally, elapsed = load(url, image, ctype, args.clients, seconds=args.seconds)
-        after = batch_stats(http_get(f"{url}/metrics")[1])
+        after, cpu_after = batch_stats(http_get(f"{url}/metrics")[1]), cpu_seconds(pid)
     passes, images = after[0] - before[0], after[1] - before[1]
-    return {**summary(tally, elapsed), "mean_batch": round(images / passes, 2) if passes else None}
+    return {
+        **summary(tally, elapsed),
+        "mean_batch": round(images / passes, 2) if passes else None,
+        "server_cpu_ms_per_request": round(1000 * (cpu_after - cpu_before) / tally.sent, 2) if tally.sent else None,
+    }
 
 
 def overload(ckpt: Path, image: bytes, ctype: str, args) -> dict:
@@ -280,14 +290,15 @@ def table(result: dict) -> str:
         f"batching on = --max-batch-size {s['max_batch_size']} --max-wait-ms {s['max_wait_ms']:g}, "
         f"off = --max-batch-size 1. Load average before / after: {result['load_before']} / {result['load_after']}.",
         "",
-        "| model | batching | req/s | p50 ms | p95 ms | p99 ms | mean batch | requests | failed | 503 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | batching | req/s | p50 ms | p95 ms | p99 ms | mean batch | server CPU ms/req | requests | failed "
+        "| 503 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["throughput"]:
         lines.append(
             f"| {r['model']} | {'on' if r['batching'] else 'off'} | {r['throughput_rps']} | {r['p50_ms']} | "
-            f"{r['p95_ms']} | {r['p99_ms']} | {r['mean_batch']} | {r['requests']} | {r['failed']} | "
-            f"{r['rejected_503']} |"
+            f"{r['p95_ms']} | {r['p99_ms']} | {r['mean_batch']} | {r.get('server_cpu_ms_per_request')} | "
+            f"{r['requests']} | {r['failed']} | {r['rejected_503']} |"
         )
     o = result.get("overload")
     if o:

@@ -24,7 +24,7 @@ def test_the_load_generator_counts_answers_and_refusals(model):
 
 def test_the_report_names_the_numbers():
     row = {"model": "m", "throughput_rps": 10.0, "p50_ms": 1, "p95_ms": 2, "p99_ms": 3, "mean_batch": 4.0,
-           "requests": 100, "failed": 0, "rejected_503": 0}  # fmt: skip
+           "server_cpu_ms_per_request": 0.5, "requests": 100, "failed": 0, "rejected_503": 0}  # fmt: skip
     rows = [{**row, "batching": True}, {**row, "batching": False, "mean_batch": 1.0}]
     result = {
         "created": "2026-12-01T10:00:00",
@@ -43,5 +43,5 @@ def test_the_report_names_the_numbers():
         "throughput": rows,
     }
     text = bench.table(result)
-    assert "| m | on | 10.0 | 1 | 2 | 3 | 4.0 | 100 | 0 | 0 |" in text
+    assert "| m | on | 10.0 | 1 | 2 | 3 | 4.0 | 0.5 | 100 | 0 | 0 |" in text
     assert "Some CPU, 2 cores" in text and "[0.1, 0.2, 0.3]" in text
