@@ -116,7 +116,9 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol; a refusal is reported below
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's refusal of a global or call: it never runs anything
         raise CheckpointError(
             f"{path}: refused to load: the pickle holds something other than tensors ({_refusal(str(e))}). "

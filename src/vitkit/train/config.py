@@ -19,7 +19,7 @@ from typing import Any
 
 from vitkit.errors import VitkitError
 from vitkit.models.config import LIMITS
-from vitkit.models.registry import parse_overrides
+from vitkit.models.registry import get_entry, list_models, parse_overrides, replace_config
 from vitkit.utils.devices import DEVICE_NAMES, is_device_name
 
 AMP_CHOICES = ("none", "bf16", "fp16")
@@ -140,8 +140,10 @@ class TrainConfig:
             raise bad("output_dir", "must name a directory")
         if not self.model and not self.pretrained:
             raise bad("model", "give a model name (or --pretrained SOURCE)")
-        try:
-            parse_overrides(self.model_args)  # fail early on a malformed string
+        try:  # fail early on a malformed string, or on a value the model's config refuses (depth=10**9)
+            overrides = parse_overrides(self.model_args)
+            if self.model in list_models() and not self.pretrained:
+                replace_config(get_entry(self.model).config, **overrides)
         except VitkitError as e:
             raise VitkitError(f"{_flag('model_args')} (model_args): {e}") from None
 
