@@ -156,7 +156,8 @@ def test_early_stopping(tmp_path):
 def test_config_validation_files_and_cli(tmp_path, capsys):
     with pytest.raises(VitkitError, match=r"--amp \(amp\): must be one of none, bf16, fp16, got 'fp8'"):
         TrainConfig(amp="fp8")
-    (tmp_path / "c.yaml").write_text("epochs: 3\nbetas: [0.9, 0.95]\nmodel: vit_nano_patch4_28\nmodel_args: {depth: 1}\n")
+    yaml = "epochs: 3\nbetas: [0.9, 0.95]\nmodel: vit_nano_patch4_28\nmodel_args: {depth: 1}\n"
+    (tmp_path / "c.yaml").write_text(yaml)
     cfg = TrainConfig.from_file(tmp_path / "c.yaml")
     assert cfg.epochs == 3 and cfg.betas == (0.9, 0.95) and cfg.model_args == "depth=1"
     (tmp_path / "bad.toml").write_text("epoch = 3\n")
