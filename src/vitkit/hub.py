@@ -8,13 +8,16 @@
   * ``hf-hub:org/name[@revision]`` (downloaded with ``huggingface_hub``),
   * a registered model name that has a default hub id (``vit_base_patch16_224``).
 Weights come from ``model.safetensors`` (also sharded) or ``pytorch_model.bin``; pickles are only read with
-``torch.load(weights_only=True)``, which refuses to run code. Every problem with a file is a
+``torch.load(weights_only=True)``, which refuses to run code; the error names the refused global and never suggests
+turning that protection off. Every problem with a file is a
 :class:`~vitkit.errors.CheckpointError` naming the file and the key or field.
 """
 
 import dataclasses
 import json
 import os
+import pickle
+import re
 import warnings
 from pathlib import Path, PurePath
 from typing import Any
@@ -113,16 +116,37 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e}); is the file complete?") from None
-    except Exception as e:  # an unpickler refusal ends here, never executes anything
-        first = str(e).split(". ")[0].splitlines()[0] if str(e) else ""
+        with warnings.catch_warnings():  # torch's note on the pickle protocol; a refusal is reported below
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's refusal of a global or call: it never runs anything
         raise CheckpointError(
-            f"{path}: refused to load: the pickle holds something other than tensors ({type(e).__name__}: {first}). "
-            "vitkit reads pickles only through torch.load(weights_only=True); convert the file to safetensors "
-            "where you trust it"
+            f"{path}: refused to load: the pickle holds something other than tensors ({_refusal(str(e))}). "
+            "vitkit reads pickles only as plain tensors; convert the file to safetensors where you trust it"
         ) from None
+    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: cannot read weights ({type(e).__name__}: {_refusal(str(e))}); is the file complete?"
+        ) from None
+    except Exception as e:  # any other unpickler refusal ends here too, never executes anything
+        raise CheckpointError(
+            f"{path}: refused to load: the pickle holds something other than tensors "
+            f"({type(e).__name__}: {_refusal(str(e))}). vitkit reads pickles only as plain tensors; convert the file "
+            "to safetensors where you trust it"
+        ) from None
+
+
+def _refusal(message: str) -> str:
+    """What torch refused, in one line, without torch's advice to turn its safety off (which vitkit never does)."""
+    found = re.search(r"GLOBAL (\S+)", message)
+    if found:
+        return f"refused global {found.group(1)}"
+    found = re.search(r"unrecognized function (.+?)(?: which belongs|$)", message, re.MULTILINE)
+    if found:
+        return f"refused call of {found.group(1)}"
+    message = message.split("WeightsUnpickler error:")[-1]
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip() and "weights_only" not in ln]
+    return lines[0] if lines else "not a plain mapping of tensors"
 
 
 def _shard_names(index_path: Path, directory: Path) -> list[Path]:

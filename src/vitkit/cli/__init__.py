@@ -118,7 +118,7 @@ def _run(argv: list[str], debug: bool) -> int:
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+    except OSError as e:  # a missing file, no permission, a full disk: the system's own one-line reason
         if debug:
             raise
         print(f"vitkit: error: {e}", file=sys.stderr)

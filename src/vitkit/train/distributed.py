@@ -79,6 +79,26 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t.cpu()
 
 
+def all_reduce_min(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Minimum over ranks (e.g. whether every rank has images in its share of a batch)."""
+    if not info.enabled:
+        return t
+    t = t.to(info.device, torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.cpu()
+
+
+def average_gradients(model: torch.nn.Module, info: DistInfo) -> None:
+    """Average ``.grad`` over ranks by hand, as DDP's backward would have (for a group whose last batch was dropped on
+    every rank, so no backward synchronised the gradients accumulated under ``no_sync``)."""
+    if not info.enabled:
+        return
+    for p in model.parameters():
+        if p.grad is not None:  # the same parameters on every rank: they all ran the same batches
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(info.world_size)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -8,9 +8,13 @@ epoch and the epoch's running sums), and nothing else touches the global RNG.
 
 import dataclasses
 import math
+import os
 import random
+import shutil
 import time
+import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from vitkit.hub import from_pretrained
 from vitkit.models.registry import parse_overrides
 from vitkit.train import distributed
 from vitkit.train.config import TrainConfig, TrainResult
-from vitkit.train.optim import ModelEma, WarmupCosine, param_groups
+from vitkit.train.optim import ModelEma, WarmupCosine, adamw, param_groups
 from vitkit.train.progress import MetricsLog, Progress
 from vitkit.train.state import (
     STATE_JSON,
@@ -63,6 +67,15 @@ def build_datasets(cfg: TrainConfig):
         raise VitkitError(
             f"validation classes {val_ds.classes[:5]}... differ from training classes {train_ds.classes[:5]}..."
         )
+    if cfg.val_data and hasattr(train_ds, "samples") and hasattr(val_ds, "samples"):
+        train_files = {os.path.realpath(p) for p, _ in train_ds.samples}
+        shared = [p for p, _ in val_ds.samples if os.path.realpath(p) in train_files]
+        if shared:
+            warnings.warn(
+                f"--val-data: {len(shared)} of {len(val_ds)} validation files are also training files "
+                f"(e.g. {shared[0]}); the validation score will be optimistic",
+                stacklevel=2,
+            )
     rng = np.random.default_rng(_mix(cfg.seed, 7))
     if cfg.max_train_samples and cfg.max_train_samples < len(train_ds):
         train_ds = train_ds.subset(np.sort(rng.permutation(len(train_ds))[: cfg.max_train_samples]))
@@ -79,8 +92,6 @@ def model_for_training(cfg: TrainConfig, num_classes: int, in_chans: int):
     kwargs |= parse_overrides(cfg.model_args)
     if cfg.pretrained and not cfg.model:
         return from_pretrained(cfg.pretrained, **kwargs).train()
-    if not cfg.model:
-        raise VitkitError("TrainConfig.model: give a model name (or pretrained=SOURCE)")
     return create_model(cfg.model, pretrained=cfg.pretrained or None, **kwargs)
 
 
@@ -97,11 +108,15 @@ def autocast(device: torch.device, amp: str):
 
 @torch.no_grad()
 def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dict[str, float]:
-    """Loss (plain cross-entropy), top-1 and top-5 accuracy over the whole split, summed across ranks."""
+    """Loss (plain cross-entropy), top-1 and top-5 accuracy over the whole split, summed across ranks.
+
+    A split of which no image could be read is an error: its scores would be those of no data at all.
+    """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, correct@1, correct@5, count
-    for x, y, _ in loader.batches(0):
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, correct@1, correct@5, count, skipped
+    for x, y, skipped in loader.batches(0):
+        sums[4] += skipped
         if len(y) == 0:
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -110,7 +125,7 @@ def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dic
         logits = logits.float()
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices
-        sums += torch.tensor(
+        sums[:4] += torch.tensor(
             [
                 F.cross_entropy(logits, y, reduction="sum").item(),
                 (top[:, 0] == y).sum().item(),
@@ -121,8 +136,76 @@ def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dic
         )
     sums = distributed.all_reduce_sum(sums, info)
     model.train(was_training)
-    n = max(sums[3].item(), 1.0)
+    if sums[3] == 0:
+        raise VitkitError(
+            f"validation saw no image: every one of the {int(sums[4].item())} validation images was unreadable "
+            f"({getattr(loader.dataset, 'source', '')}); no score, so no best/ checkpoint"
+        )
+    n = sums[3].item()
     return {"loss": sums[0].item() / n, "acc": sums[1].item() / n, "top5": sums[2].item() / n}
+
+
+def check_images(dataset, info: distributed.DistInfo, skip_bad_images: bool) -> tuple[Any, list[str]]:
+    """Decode every image of a file data set once (in threads, each rank a share), before any training step.
+
+    A bad file in the validation split would otherwise stop a run at its first evaluation, after a whole epoch of
+    training. Without ``skip_bad_images`` the first bad file is an error; with it, the bad files are dropped and their
+    errors returned. In-memory arrays need no check.
+    """
+    if getattr(dataset, "in_memory", True) or not hasattr(dataset, "samples"):
+        return dataset, []
+
+    def problem(i: int) -> tuple[int, str] | None:
+        try:
+            dataset[i]
+        except VitkitError as e:
+            return i, (str(e).splitlines() or [type(e).__name__])[0]
+        return None
+
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        bad = [r for r in pool.map(problem, range(info.rank, len(dataset), info.world_size)) if r is not None]
+    finally:  # on Ctrl-C, do not wait for the images still queued
+        pool.shutdown(wait=False, cancel_futures=True)
+    if info.enabled:
+        shares: list[Any] = [None] * info.world_size
+        torch.distributed.all_gather_object(shares, bad)
+        bad = sorted(r for share in shares for r in share)
+    if not bad:
+        return dataset, []
+    source = getattr(dataset, "source", "") or "the validation data"
+    if not skip_bad_images:
+        raise VitkitError(
+            f"{bad[0][1]} (validation data {source}: {len(bad)} unreadable of {len(dataset)}, found before "
+            "training; skip_bad_images (--skip-bad-images) drops them)"
+        )
+    if len(bad) == len(dataset):
+        raise VitkitError(
+            f"every image of the validation data {source} is unreadable ({len(bad)} files), e.g. {bad[0][1]}"
+        )
+    dropped = {i for i, _ in bad}
+    keep = np.array([i for i in range(len(dataset)) if i not in dropped], dtype=np.int64)
+    return dataset.subset(keep), [msg for _, msg in bad]
+
+
+_RUN_FILES = ("metrics.jsonl", "train_config.json")
+_RUN_DIRS = ("best", "last", "final", "plots", "tensorboard")
+
+
+def remove_run(out: Path) -> None:
+    """Delete what an earlier training run wrote in ``out`` (``overwrite_output_dir``), and nothing else, so the new
+    run's files are never mixed with the old run's."""
+    if not out.is_dir():
+        return
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    checkpoints = [f".{d}.{suffix}" for d in ("best", "last", "final") for suffix in ("tmp", "old")]
+    for path in out.iterdir():
+        if path.name in _RUN_DIRS or path.name in checkpoints or (path.name.startswith("eval") and path.is_dir()):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -152,15 +235,18 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         resume_dir = find_checkpoint(wanted)
         if resume_dir is None and cfg.resume not in ("auto", "last"):
             raise CheckpointError(f"cannot resume: {wanted} is not a complete training checkpoint")
-    elif find_checkpoint(out / "last") is not None and not cfg.overwrite_output_dir:
+    elif not cfg.overwrite_output_dir and find_checkpoint(out / "last") is not None:
         raise VitkitError(
             f"{out} already holds a training run; pass resume='auto' (--resume auto) to continue it, "
             "overwrite_output_dir=True to start again, or another output_dir"
         )
 
-    # 2. data
+    # 2. data (every validation image decoded once, so a bad file shows up before any training)
     seed_everything(cfg.seed)
     train_ds, val_ds = build_datasets(cfg)
+    val_ds, bad_val = check_images(val_ds, info, cfg.skip_bad_images)
+    if bad_val:
+        say(f"skipped {len(bad_val)} unreadable validation image(s), e.g. {bad_val[0]}")
     classes = list(train_ds.classes)
     in_chans = cfg.in_chans or train_ds.channels
 
@@ -198,7 +284,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     if not groups:
         raise VitkitError("no trainable parameters (is everything frozen?)")
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = adamw(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = WarmupCosine(optimizer, cfg.lr, cfg.min_lr, round(cfg.warmup_epochs * steps_per_epoch), total_steps)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
@@ -229,13 +315,24 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         history, best, running = state["history"], state["best"], state["running"]
         say(f"resumed from {resume_dir}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
+
+    # Everything that can fail early (settings, data, model, the checkpoint to resume) has been checked: only now is
+    # the output directory touched, so a run that cannot start leaves an earlier run there as it was.
+    if main:
+        if resume_dir is None and cfg.overwrite_output_dir:
+            remove_run(out)
+        out.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out, cfg.tensorboard, enabled=main)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume_dir is None and cfg.overwrite_output_dir and log.path.exists():
-            log.path.unlink()
         log.truncate_after(step)
         atomic_write_json(out / "train_config.json", cfg.to_dict())
+    first_record: dict[str, Any] = {"skipped_val_images": len(bad_val)} if bad_val else {}
+
+    def write_record(record: dict[str, Any]) -> None:
+        """A metrics line; the first one of the run also carries what the start-up checks found."""
+        log.write({**record, **first_record})
+        first_record.clear()
+
     say(
         f"model {getattr(model, 'model_name', None) or cfg.pretrained}: {model.num_params() / 1e6:.2f}M params "
         f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable), input {spec.in_chans}x{spec.img_size}; "
@@ -295,13 +392,20 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         )
         bar.n = batch_in_epoch // cfg.accum_steps
         group_loss = torch.zeros(3, dtype=torch.float64)  # loss sum, images, non-finite flag
+        group_ran = False  # a batch of this accumulation group went through backward
         b = batch_in_epoch - 1
         for b, (x, y, skipped) in enumerate(train_loader.batches(epoch, start=batch_in_epoch), start=batch_in_epoch):
             group_start = b - b % cfg.accum_steps
             group_size = min(cfg.accum_steps, batches_per_epoch - group_start)
             last_in_group = b - group_start == group_size - 1
             running[3] += skipped
-            if len(y):
+            usable = len(y) > 0
+            if cfg.skip_bad_images and info.enabled:
+                # DDP's backward waits for every rank: a batch all of whose images one rank had to skip is
+                # dropped on every rank, or the ranks that have images would wait for that one forever
+                usable = distributed.all_reduce_min(torch.tensor([float(len(y))]), info).item() > 0
+            if usable:
+                group_ran = True
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 mix_rng = np.random.default_rng(_mix(cfg.seed, epoch, b, info.rank, 11))
                 x, target = mixup_cutmix(
@@ -332,6 +436,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                 continue
 
             # one optimizer step per accumulation group
+            if info.enabled and group_ran and not usable:  # the batch whose backward would have synced was dropped
+                distributed.average_gradients(model, info)
+            group_ran = False
             over_time = cfg.time_limit_minutes > 0 and time.perf_counter() - start_time > cfg.time_limit_minutes * 60
             flags = distributed.all_reduce_sum(torch.cat([group_loss, torch.tensor([float(over_time)])]), info)
             if flags[2] > 0:
@@ -366,7 +473,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                 lr=scheduler.get_last_lr(),
             )
             if step % cfg.log_every == 0:
-                log.write(
+                write_record(
                     {
                         "type": "train",
                         "step": step,
@@ -388,6 +495,11 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         # end of epoch (or early stop): evaluate, record, checkpoint
         finished_epoch = stop_reason is None or b + 1 >= batches_per_epoch
         sums = distributed.all_reduce_sum(torch.tensor(running, dtype=torch.float64), info)
+        if sums[2] == 0:
+            raise VitkitError(
+                f"epoch {epoch + 1} trained on no image: every image was unreadable ({int(sums[3].item())} skipped "
+                f"with skip_bad_images) in {cfg.data}; nothing was learned, so no best/ checkpoint is written"
+            )
         record: dict[str, Any] = {
             "type": "epoch",
             "epoch": epoch + 1 if finished_epoch else epoch + (b + 1) / batches_per_epoch,
@@ -421,7 +533,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                 stop_reason = f"early stopping: no better val accuracy for {best['bad_epochs']} evaluations"
         history.append(record)
         metrics = record
-        log.write(record)
+        write_record(record)
         say(
             f"epoch {record['epoch']:.4g}: "
             + " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "val_")))
