@@ -42,6 +42,24 @@ def upload(session, *paths: str) -> None:
     session.find_element(By.ID, "files").send_keys("\n".join(paths))
 
 
+def drop(session, name: str, data: bytes) -> None:
+    """Drag a file onto the page's drop zone (the events a real drag-and-drop fires, with the file in them)."""
+    import base64
+
+    session.execute_script(
+        """const [b64, name] = arguments;
+           const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+           const dt = new DataTransfer();
+           dt.items.add(new File([bytes], name, { type: "image/png" }));
+           const zone = document.getElementById("drop");
+           for (const type of ["dragenter", "dragover", "drop"]) {
+             zone.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: dt }));
+           }""",
+        base64.b64encode(data).decode(),
+        name,
+    )
+
+
 def wait_for(session, condition, timeout: float = 30.0):
     from selenium.webdriver.support.ui import WebDriverWait
 

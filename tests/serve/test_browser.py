@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.serve.browser import cards, chromium, find_browser, upload, wait_for
+from tests.serve.browser import cards, chromium, drop, find_browser, upload, wait_for
 from tests.serve.helpers import image_bytes, live_server
 from vitkit.predict import predict
 
@@ -36,12 +36,17 @@ def test_the_page_classifies_an_uploaded_image_and_reports_errors(model, tmp_pat
 
         upload(browser, str(bad))  # the error is shown in the page, on the file's own card
         wait_for(browser, lambda b: cards(b)[0]["state"] == "error")
-        assert "not an image" in cards(browser)[0]["status"]
+        assert "notes.png: cannot read image (unknown format" in cards(browser)[0]["status"]
 
         browser.find_element("id", "explain").click()  # the overlay toggle: an overlay, or the server's reason why not
         wait_for(browser, lambda b: cards(b)[1]["note"] not in ("", "Explaining…"))
         shown = cards(browser)[1]
         assert shown["overlay"] or "explanations are not available" in shown["note"]
+
+        drop(browser, "dropped.png", good.read_bytes())  # drag and drop: classified like a chosen file
+        wait_for(browser, lambda b: len(cards(b)) == 3 and cards(b)[0]["state"] == "done")
+        assert cards(browser)[0]["file"] == "dropped.png"
+        assert cards(browser)[0]["rows"] == card["rows"]
 
         browser.save_screenshot(str(tmp_path / "serve.png"))
         csp = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
