@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("vitkit.cli.compare", "train + evaluate one small model per family on the same data and budget"),
     "bench": ("vitkit.cli.bench", "speed and memory against transformers and timm with the same weights"),
     "export": ("vitkit.cli.export", "export a model to ONNX and check it with onnxruntime"),
+    "serve": ("vitkit.cli.serve", "an HTTP API and web page for a model, with dynamic batching and metrics"),
 }
 
 
