@@ -345,10 +345,20 @@ def checkpoint_config(model: Any, extra: dict[str, Any] | None = None) -> dict[s
     }
 
 
-def save_pretrained(model: Any, directory: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (each atomically) that ``from_pretrained`` reads back."""
+def save_pretrained(
+    model: Any,
+    directory: str | os.PathLike,
+    *,
+    extra: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (each atomically) that ``from_pretrained`` reads back.
+
+    ``state_dict`` replaces ``model.state_dict()`` (the full weights of a model whose parameters are sharded over
+    processes, gathered beforehand).
+    """
     directory = Path(directory)
-    state = {k: v for k, v in model.state_dict().items()}
+    state = dict(state_dict if state_dict is not None else model.state_dict())
     atomic_save_safetensors(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
     atomic_write_json(directory / CONFIG_NAME, checkpoint_config(model, extra))
     return directory

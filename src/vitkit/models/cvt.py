@@ -25,7 +25,6 @@ import threading
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -129,8 +128,12 @@ class ConvProj(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, h*w, C), h = H / stride
         x = self.conv(x)
         if self.training and getattr(_recomputing, "active", False):  # recomputation: no second statistics update
-            stats = self.bn.running_mean.clone(), self.bn.running_var.clone()  # updated and thrown away
-            x = F.batch_norm(x, *stats, self.bn.weight, self.bn.bias, True, 0.0, self.bn.eps)
+            # through self.bn itself, so a BatchNorm synchronised across processes normalises the same way again
+            saved = [b.clone() for b in self.bn.buffers()]
+            x = self.bn(x)
+            with torch.no_grad():
+                for b, s in zip(self.bn.buffers(), saved, strict=True):
+                    b.copy_(s)
         else:
             x = self.bn(x)
         return x.flatten(2).transpose(1, 2)

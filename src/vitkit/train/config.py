@@ -25,6 +25,7 @@ from vitkit.utils.devices import DEVICE_NAMES, is_device_name
 AMP_CHOICES = ("none", "bf16", "fp16")
 AUG_CHOICES = ("none", "flip", "randaugment", "trivialaugment")
 PROGRESS_CHOICES = ("auto", "bar", "log", "none")
+STRATEGY_CHOICES = ("ddp", "fsdp")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -91,6 +92,14 @@ class TrainConfig:
     tensorboard: bool = _f(True, "also write TensorBoard event files when tensorboard is installed")
     deterministic: bool = _f(False, "use deterministic algorithms (slower; CPU runs are reproducible anyway)")
     compile: bool = _f(False, "torch.compile the model")
+    # --- several processes (torchrun) ----------------------------------------------------------
+    strategy: str = _f(
+        "ddp",
+        "with several processes: ddp (a full copy each) | fsdp (FSDP2: parameters, gradients and optimizer state "
+        "sharded per block; Distributed Checkpoints)",
+        choices=STRATEGY_CHOICES,
+    )
+    sync_bn: bool = _f(True, "with several processes, BatchNorm (CvT) uses the statistics of the global batch")
 
     def __post_init__(self) -> None:
         """The one check of every user value (flags, YAML/TOML/JSON files and Python all land here)."""
@@ -104,9 +113,16 @@ class TrainConfig:
         def bad(name: str, why: str) -> VitkitError:
             return VitkitError(f"{_flag(name)} ({name}): {why}, got {getattr(self, name)!r}")
 
-        for name, choices in (("amp", AMP_CHOICES), ("aug", AUG_CHOICES), ("progress", PROGRESS_CHOICES)):
+        for name, choices in (
+            ("amp", AMP_CHOICES),
+            ("aug", AUG_CHOICES),
+            ("progress", PROGRESS_CHOICES),
+            ("strategy", STRATEGY_CHOICES),
+        ):
             if getattr(self, name) not in choices:
                 raise bad(name, f"must be one of {', '.join(choices)}")
+        if self.strategy == "fsdp" and self.amp == "fp16":
+            raise bad("amp", "fp16 (a gradient scaler) is not supported with strategy fsdp; use bf16")
         if not is_device_name(self.device):
             raise bad("device", f"must be {DEVICE_NAMES}")
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "eval_every_epochs"):
