@@ -4,7 +4,15 @@ import argparse
 import json
 import sys
 
-from vitkit.cli._args import add_device, add_reference, add_threads, apply_threads, inference_model, resolve_device
+from vitkit.cli._args import (
+    add_device,
+    add_model_name,
+    add_reference,
+    add_threads,
+    apply_threads,
+    inference_model,
+    resolve_device,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,13 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
     add_threads(p)
     add_reference(p)
+    add_model_name(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from vitkit.predict import format_table, predict
 
     apply_threads(args.threads)
-    model = inference_model(args.source, args.reference)
+    model = inference_model(args.source, args.reference, args.model)
     results = predict(
         model, args.inputs, topk=args.topk, batch_size=max(1, args.batch_size), device=resolve_device(args.device)
     )
