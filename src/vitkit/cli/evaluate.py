@@ -5,7 +5,15 @@ import json
 import sys
 from pathlib import Path
 
-from vitkit.cli._args import add_device, add_reference, add_threads, apply_threads, inference_model, resolve_device
+from vitkit.cli._args import (
+    add_device,
+    add_model_name,
+    add_reference,
+    add_threads,
+    apply_threads,
+    inference_model,
+    resolve_device,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
     add_threads(p)
     add_reference(p)
+    add_model_name(p)
 
 
 def default_output_dir(source: str, split: str) -> Path:
@@ -50,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise VitkitError(f"--max-samples must be >= 0 (got {args.max_samples})")
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    model = inference_model(args.source, args.reference)
+    model = inference_model(args.source, args.reference, args.model)
     dataset = load_dataset(args.data, args.split)
     result = evaluate(
         model, dataset, batch_size=args.batch_size, device=device, max_samples=args.max_samples, source=args.data
@@ -66,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         title=str(extra["model"] or ""),
         extra=extra,
     )
+    from vitkit.publish import write_card_for
+
+    card = write_card_for(args.source, model, report=report, report_dir=out, fallback=out)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -75,5 +87,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"report: {out / 'report.json'}"
             + "".join(f"\n{k}: {v}" for k, v in report["files"].items() if k != "report")
+            + (f"\nmodel card: {card}" if card else "")
         )
     return 0
