@@ -135,3 +135,22 @@ def test_the_command_line_takes_a_release_file_with_model(tmp_path, capsys):
     assert vitkit.from_pretrained(tmp_path / "out").model_name == SWIN[0]
     one_line_error(capsys, main(["export", str(tmp_path / "full.pth"), str(tmp_path / "o2"), "--format", "vitkit"]),
                    "names no architecture", "--model")  # fmt: skip
+
+
+def test_train_and_eval_take_a_release_file(tmp_path, capsys):
+    """`vitkit train --pretrained FILE --model NAME` fine-tunes it; `vitkit eval FILE --model NAME` scores it."""
+    from tests.cli.conftest import TINY_TRAIN
+
+    small = vitkit.create_model("vit_nano_patch4_28", depth=1, embed_dim=16, num_heads=2)
+    save_file(small.state_dict(), str(tmp_path / "small.safetensors"))
+    rc = main(["train", *TINY_TRAIN, "--pretrained", str(tmp_path / "small.safetensors"), "--output-dir",
+               str(tmp_path / "run")])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert "model card:" in capsys.readouterr().out
+    full = vitkit.create_model("vit_nano_patch4_28")
+    torch.save({"model": full.state_dict()}, tmp_path / "full.pth")
+    out = tmp_path / "ev"
+    rc = main(["eval", str(tmp_path / "full.pth"), "--model", "vit_nano_patch4_28", "--max-samples", "20",
+               "--output-dir", str(out)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "report.json").is_file() and "`vit_nano_patch4_28`" in (out / "README.md").read_text()

@@ -43,6 +43,8 @@ def create_model(
     changes = {k: v for k, v in named.items() if v is not None} | overrides
     if out_indices is not None and not features_only:
         raise VitkitError("out_indices: only with features_only=True")
+    if features_only:
+        changes["num_classes"] = 0  # a backbone: the feature maps, no classifier
     if pretrained and pretrained is not True and is_weights_file(pretrained):
         model = load_weights_file(pretrained, entry, **changes).train()
     elif pretrained:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from vitkit.convert import HF_CONVERTERS, TIMM_CONVERTERS, VITKIT_UPGRADES, to_timm, to_transformers
 from vitkit.errors import CheckpointError, VitkitError
+from vitkit.models.features import FeatureModel
 from vitkit.models.registry import family_of_config, get_entry, get_family, model_from_config, replace_config
 from vitkit.utils.io import atomic_save_safetensors, atomic_write_json
 from vitkit.version import __version__
@@ -326,11 +327,12 @@ def from_pretrained(
     if new_head:
         head = {k for k in model.state_dict() if k.startswith("head.")}
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-        warnings.warn(
-            f"{source}: classifier re-initialised for {num_classes} classes ({', '.join(sorted(head)) or 'no head'}); "
-            "train it before use",
-            stacklevel=2,
-        )
+        if num_classes:  # num_classes=0 asks for the backbone: nothing to train
+            warnings.warn(
+                f"{source}: classifier re-initialised for {num_classes} classes "
+                f"({', '.join(sorted(head)) or 'no head'}); train it before use",
+                stacklevel=2,
+            )
         class_names = None
     sd = model.adapt_state_dict(sd)
     if new_head:
@@ -369,6 +371,8 @@ def save_pretrained(
     """
     if format not in SAVE_FORMATS:
         raise VitkitError(f"format: must be one of {', '.join(SAVE_FORMATS)}, got {format!r}")
+    if isinstance(model, FeatureModel):  # a features_only backbone: the model inside, without its classifier
+        model = model.model
     directory = Path(directory)
     state = {k: v for k, v in model.state_dict().items()}
     if format == "vitkit":

@@ -64,10 +64,10 @@ def train_command(config: dict[str, Any]) -> str:
     defaults = TrainConfig().to_dict()
     parts = ["vitkit", "train"]
     for key, value in config.items():
-        same = (
-            list(value) == list(defaults.get(key)) if isinstance(value, (list, tuple)) else value == defaults.get(key)
-        )
-        if key not in defaults or same or key == "output_dir":
+        default = defaults.get(key)
+        if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+            value, default = list(value), list(default)  # JSON has lists where TrainConfig has tuples
+        if key not in defaults or value == default or key == "output_dir":
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):

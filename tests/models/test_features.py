@@ -160,3 +160,15 @@ def test_optimized_models_give_the_same_intermediates(name):
     with torch.no_grad():  # autograd on, no gradient needed: the engine still runs its fast paths
         for a, b in zip(fast_backbone(x), backbone(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_backbone_saves_as_its_model_without_classifier(tmp_path):
+    name, overrides, size, _ = TINY["swin"]
+    backbone = vitkit.create_model(name, features_only=True, **overrides).eval()
+    vitkit.save_pretrained(backbone, tmp_path)
+    loaded = vitkit.create_model(name, pretrained=str(tmp_path), features_only=True, **overrides).eval()
+    assert loaded.model.num_classes == 0
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        for a, b in zip(loaded(x), backbone(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
