@@ -8,7 +8,7 @@
 
 The data are generated: each image is coloured noise with one to three filled shapes (circle, square, triangle) in
 random colours, so a pixel's class is the shape it belongs to (0 = background) and colour says nothing about it.
-Background covers most pixels, so the cross-entropy weighs each class by 1 / sqrt(its share of the training pixels).
+Background covers most pixels; ``--class-weights sqrt`` weighs each class's loss by 1 / sqrt(its share of them).
 The backbone is ``vitkit.create_model(name, features_only=True)``: a list of NCHW maps, one per stage (Swin, CvT)
 or per chosen block (ViT), whose channels and strides ``feature_info`` gives. The head is a small feature pyramid
 (Lin et al., 2017, as in Kirillov et al.'s panoptic FPN): a 1x1 lateral conv per level, a top-down pass that adds
@@ -149,9 +149,10 @@ def run(args: argparse.Namespace) -> dict:
     train_x, train_y = make_shapes(args.train_size, args.size, args.seed)
     val_x, val_y = make_shapes(args.val_size, args.size, args.seed + 1)
     model = build(args)
-    # background covers most pixels: weight each class by 1 / sqrt(its share), so shapes are not drowned out
-    share = torch.bincount(train_y.flatten(), minlength=len(CLASSES)).double() / train_y.numel()
-    weight = (share.clamp(min=1e-6) ** -0.5 / (share.clamp(min=1e-6) ** -0.5).mean()).float()
+    weight = None
+    if args.class_weights == "sqrt":  # weight each class by 1 / sqrt(its share of the training pixels)
+        share = torch.bincount(train_y.flatten(), minlength=len(CLASSES)).double().clamp(min=1) / train_y.numel()
+        weight = (share**-0.5 / (share**-0.5).mean()).float()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -186,6 +187,7 @@ def run(args: argparse.Namespace) -> dict:
         "pretrained": args.pretrained,
         "frozen_backbone": args.freeze,
         "grad_checkpointing": args.grad_checkpointing,
+        "class_weights": args.class_weights,
         "backbone_params": sum(p.numel() for p in model.backbone.parameters()),
         "head_params": sum(p.numel() for p in model.head.parameters()),
         "feature_channels": model.backbone.feature_info.channels(),
@@ -225,6 +227,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--width", type=int, default=64, help="channels of the FPN head")
+    p.add_argument("--class-weights", choices=("none", "sqrt"), default="none",
+                   help="sqrt: weigh the loss of each class by 1 / sqrt(its share of the pixels); learns the shapes "
+                   "sooner in short runs")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", default="auto", help="torch CPU threads: N, 0 = torch's default, auto = 1 on a busy "
                    "machine (as the vitkit command line)")  # fmt: skip

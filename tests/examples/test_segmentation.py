@@ -27,7 +27,8 @@ def test_iou():
 
 
 def test_training_beats_predicting_background(tmp_path):
-    result = segmentation.main([*TINY, "--steps", "240", "--lr", "3e-3", "--out", str(tmp_path / "r.json")])
+    args = [*TINY, "--steps", "240", "--lr", "3e-3", "--class-weights", "sqrt", "--out", str(tmp_path / "r.json")]
+    result = segmentation.main(args)
     assert json.loads((tmp_path / "r.json").read_text())["mIoU"] == result["mIoU"]
     assert result["feature_reduction"] == [4, 8, 16] and result["feature_channels"] == [16, 32, 64]
     assert result["mIoU"] > result["mIoU_all_background"] + 0.03 > 2 * result["mIoU_random"]
