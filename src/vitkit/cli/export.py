@@ -1,6 +1,8 @@
 """``vitkit export SOURCE OUT``: an ONNX graph of a model, checked against PyTorch with onnxruntime; or, with
 ``--format transformers|timm|vitkit``, a checkpoint directory those libraries load."""
 
+import sys
+
 import torch
 
 from vitkit.cli._args import add_model_name
@@ -46,6 +48,8 @@ def run(args) -> int:
             raise VitkitError(f"{', '.join(onnx_only)}: only with --format onnx")
         path = save_pretrained(model, args.output, format=args.format)
         print(f"wrote {path} ({args.format} format: {', '.join(sorted(p.name for p in path.iterdir()))})")
+        if args.source in list_models():
+            print(f"note: {args.source} has random weights here; export a checkpoint for trained ones", file=sys.stderr)
         return 0
     from vitkit.export import OnnxRunner, export_onnx, supports_dynamic_size
 
