@@ -124,16 +124,16 @@ def test_files_that_are_not_weights(tmp_path):
 
 
 def test_the_command_line_takes_a_release_file_with_model(tmp_path, capsys):
-    """`vitkit export FILE DIR --format transformers --model NAME`; eval / predict / train take --model likewise."""
-    model = model_of(SWIN)
-    torch.save({"model": official_swin(model)}, tmp_path / "release.pth")
-    args = ["export", str(tmp_path / "release.pth"), str(tmp_path / "out"), "--format", "vitkit", "--model", SWIN[0]]
-    one_line_error(capsys, main(args), "shape mismatch")  # the registered size differs from this tiny one
-    torch.save({"model": official_swin(model_of((SWIN[0], {})))}, tmp_path / "full.pth")
-    rc = main(["export", str(tmp_path / "full.pth"), str(tmp_path / "out"), "--format", "vitkit", "--model", SWIN[0]])
+    """`vitkit export FILE DIR --format vitkit --model NAME`; eval / predict / train take --model likewise."""
+    name = "swin_nano_patch2_window7_28"
+    torch.save({"model": official_swin(model_of(SWIN))}, tmp_path / "other.pth")
+    args = ["export", str(tmp_path / "other.pth"), str(tmp_path / "out"), "--format", "vitkit", "--model", name]
+    one_line_error(capsys, main(args), "shape mismatch")  # weights of another configuration
+    torch.save({"model": official_swin(model_of((name, {})))}, tmp_path / "release.pth")
+    rc = main(["export", str(tmp_path / "release.pth"), str(tmp_path / "out"), "--format", "vitkit", "--model", name])
     assert rc == 0, capsys.readouterr().err
-    assert vitkit.from_pretrained(tmp_path / "out").model_name == SWIN[0]
-    one_line_error(capsys, main(["export", str(tmp_path / "full.pth"), str(tmp_path / "o2"), "--format", "vitkit"]),
+    assert vitkit.from_pretrained(tmp_path / "out").model_name == name
+    one_line_error(capsys, main(["export", str(tmp_path / "release.pth"), str(tmp_path / "o2"), "--format", "vitkit"]),
                    "names no architecture", "--model")  # fmt: skip
 
 
