@@ -29,7 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vitkit.cli.demo", "offline demo: train + evaluate a small ViT on the bundled Fashion-MNIST sample"),
     "compare": ("vitkit.cli.compare", "train + evaluate one small model per family on the same data and budget"),
     "bench": ("vitkit.cli.bench", "speed and memory against transformers and timm with the same weights"),
-    "export": ("vitkit.cli.export", "export a model to ONNX and check it with onnxruntime"),
+    "export": ("vitkit.cli.export", "export a model to ONNX (checked with onnxruntime), transformers or timm"),
+    "push": ("vitkit.cli.push", "upload a checkpoint with its model card and evaluation to the Hugging Face Hub"),
     "serve": ("vitkit.cli.serve", "an HTTP API and web page for a model, with dynamic batching and metrics"),
 }
 

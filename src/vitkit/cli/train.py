@@ -161,4 +161,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{label}: {path}")
     if not args.no_plots:
         plot_run(result.output_dir)
+    if result.final_model is not None:
+        from vitkit.publish import write_card_for
+
+        card = write_card_for(str(result.final_model), None)
+        if card is not None:
+            print(f"model card: {card}")
     return 0
