@@ -18,9 +18,9 @@ from vitkit.hub import from_pretrained
 from vitkit.train.optim import adamw
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODES = ("optimized", "reference", "compile", "onnx", "int8", "packed")
+MODES = ("optimized", "reference", "compile", "onnx", "onnx-int8", "int8", "packed")
 TRAINABLE = ("reference", "compile")  # an optimized model is inference-only
-CPU_ONLY = ("onnx", "int8", "packed")  # onnxruntime's CPU provider, fbgemm int8, oneDNN packed weights
+CPU_ONLY = ("onnx", "onnx-int8", "int8", "packed")  # onnxruntime's CPU provider, fbgemm int8, oneDNN packed weights
 
 
 @dataclasses.dataclass
@@ -141,10 +141,11 @@ def make_mode(
         return model, 0.0, None
     if mode == "compile":
         return torch.compile(model), 0.0, None  # compiles lazily: the first call's time is reported as compile time
-    if mode == "onnx":
+    if mode in ("onnx", "onnx-int8"):
         from vitkit.export import onnx_session
 
-        return onnx_session(model, input_size=input_size, threads=threads), time.perf_counter() - t0, None
+        runner = onnx_session(model, input_size=input_size, threads=threads, int8=mode == "onnx-int8")
+        return runner, time.perf_counter() - t0, None
     if mode == "int8":
         from vitkit.engine.quantize import quantize_dynamic_int8
 
@@ -158,7 +159,7 @@ def autocast(device: torch.device, dtype: str):
 
 
 def infer_step(c: Contender, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if c.mode == "onnx":
+    if c.mode in ("onnx", "onnx-int8"):
         return c.model(x)
     with torch.inference_mode(), autocast(device, c.dtype):
         return c.forward(x)

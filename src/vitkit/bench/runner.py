@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from vitkit.bench.contenders import (
+    CPU_ONLY,
     DTYPES,
     MODES,
     build_contender,
@@ -149,7 +150,7 @@ def benchmark(
             t = timing[c.name]
             sec = statistics.median(t["repeat_s"])
             ips = batch / sec
-            rate = rates.get(c.dtype if c.mode not in ("onnx", "int8", "packed") else "fp32", rates["fp32"])
+            rate = rates.get(c.dtype if c.mode not in CPU_ONLY else "fp32", rates["fp32"])
             achieved = flops_img * ips / 1e9
             batches = repeats * iters
             r = {
