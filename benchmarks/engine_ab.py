@@ -11,11 +11,11 @@ numbers of each engine swap in benchmarks/README.md come from this script.
 
 import argparse
 import ast
-import statistics
 
 import torch
 
 from vitkit.bench.contenders import build_hf_pair
+from vitkit.bench.report import alternation_table, round_ratio
 from vitkit.bench.timing import alternate_calls
 from vitkit.cli.bench import _override
 from vitkit.engine import optimize
@@ -63,20 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{args.model} · batch {args.batch_size} · {args.threads} threads · malloc {args.malloc} · "
           f"A: optimize() · B: optimize({label}) · max |logits A - B| {diff:.1e}")  # fmt: skip
-    print("| contender | ms / batch (median) | page faults / batch |")
-    print("|---|---:|---:|")
-    for k in runs:
-        print(f"| {k} | {1e3 * statistics.median(times[k]):.1f} | {faults[k]:.0f} |")
-
-    def per_round(a: str, b: str) -> float:
-        return statistics.median(t / u for t, u in zip(times[a], times[b], strict=True))
-
-    print(
-        f"per-round median ratios: B/A {per_round(label, 'optimized'):.3f}, "
-        f"transformers/A {per_round('transformers', 'optimized'):.3f}, "
-        f"transformers/B {per_round('transformers', label):.3f}, "
-        f"reference/A {per_round('reference', 'optimized'):.3f}"
-    )
+    print(alternation_table(times, faults))
+    pairs = ((label, "optimized", "B/A"), ("transformers", "optimized", "transformers/A"),
+             ("transformers", label, "transformers/B"), ("reference", "optimized", "reference/A"))  # fmt: skip
+    print("per-round median ratios: " + ", ".join(f"{n} {round_ratio(times, a, b):.3f}" for a, b, n in pairs))
     return 0
 
 

@@ -14,7 +14,6 @@ same transformers checkpoint. Prints median ms per batch, page faults per batch 
 import argparse
 import importlib.abc
 import importlib.util
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from vitkit.bench.contenders import build_hf_pair
+from vitkit.bench.report import alternation_table, round_ratio
 from vitkit.bench.timing import alternate_calls
 from vitkit.cli.bench import _override
 from vitkit.engine import optimize
@@ -100,19 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     this, that = list(runs)[:2]
     print(f"{args.model} · batch {args.batch_size} · {args.threads} threads · malloc {args.malloc} · "
           f"max |logits this - other| {(outs[this] - outs[that]).abs().max().item():.1e}")  # fmt: skip
-    print("| contender | ms / batch (median) | page faults / batch |")
-    print("|---|---:|---:|")
-    for k in runs:
-        print(f"| {k} | {1e3 * statistics.median(times[k]):.1f} | {faults[k]:.0f} |")
-
-    def per_round(a: str, b: str) -> float:
-        return statistics.median(t / u for t, u in zip(times[a], times[b], strict=True))
-
-    print(
-        f"per-round median ratios: other/this {per_round(that, this):.3f}, "
-        f"transformers/this {per_round('transformers', this):.3f}, "
-        f"transformers/other {per_round('transformers', that):.3f}"
-    )
+    print(alternation_table(times, faults))
+    pairs = ((that, this, "other/this"), ("transformers", this, "transformers/this"),
+             ("transformers", that, "transformers/other"))  # fmt: skip
+    print("per-round median ratios: " + ", ".join(f"{n} {round_ratio(times, a, b):.3f}" for a, b, n in pairs))
     return 0
 
 

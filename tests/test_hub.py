@@ -1,6 +1,7 @@
 """from_pretrained / save_pretrained: formats, errors, head re-init, channel adaptation, safety."""
 
 import json
+import os
 import pickle
 
 import pytest
@@ -116,10 +117,33 @@ def test_pickles_never_execute_code(tmp_path, capsys):
     vitkit.save_pretrained(model, tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").unlink()
     with open(tmp_path / "ckpt" / "pytorch_model.bin", "wb") as f:
-        pickle.dump({"x": _Evil()}, f)
+        pickle.dump({"x": _Evil()}, f, protocol=2)  # protocol >= 4 is refused at its FRAME before any global
     with pytest.raises(CheckpointError, match="pytorch_model.bin"):
         vitkit.from_pretrained(tmp_path / "ckpt")
     assert "pwned" not in capsys.readouterr().out
+
+
+class _System:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_refusal_names_the_global_and_never_advises_unsafe_loading(tmp_path):
+    vitkit.save_pretrained(_tiny(), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    weights = tmp_path / "ckpt" / "pytorch_model.bin"
+    with open(weights, "wb") as f:
+        pickle.dump({"x": _System(tmp_path / "pwned")}, f, protocol=2)  # the protocol torch.save uses
+    with pytest.raises(CheckpointError) as err:
+        vitkit.from_pretrained(tmp_path / "ckpt")
+    message = str(err.value)
+    assert message.startswith(f"{weights}: refused to load")
+    assert f"refused global {os.system.__module__}.system" in message  # posix.system on Linux
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+    assert "\n" not in message and not (tmp_path / "pwned").exists()
 
 
 def test_pytorch_bin_weights_load(tmp_path):

@@ -7,6 +7,7 @@ as ``vitkit eval`` and training validation make for the same file), as the model
 
 import glob
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,18 +43,26 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
     files: list[str] = []
     missing: list[Prediction] = []
     for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
+        path = os.path.expanduser(item)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        except OSError as e:  # e.g. a parent folder that may not be read
+            missing.append(Prediction(item, error=f"cannot access: {e.strerror}"))
+            continue
+        if mode is not None and stat.S_ISDIR(mode):
+            found, unreadable = _images_under(path)
+            missing.extend(Prediction(d, error=f"cannot read folder: {err}") for d, err in unreadable)
+            if not found and not unreadable:
                 missing.append(Prediction(item, error=f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"))
             files.extend(found)
-        elif path.is_file():
-            files.append(str(path))
-        elif path.exists():
+        elif mode is not None and stat.S_ISREG(mode):
+            files.append(path)
+        elif mode is not None:
             missing.append(Prediction(item, error="not a regular file (a FIFO, socket or device is never opened)"))
         elif glob.has_magic(item):
-            found = sorted(p for p in glob.glob(os.path.expanduser(item), recursive=True) if os.path.isfile(p))
+            found = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
             if not found:
                 missing.append(Prediction(item, error="pattern matches no files"))
             files.extend(found)
@@ -64,6 +73,18 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
     return unique, missing
 
 
+def _images_under(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image files below ``folder`` (sorted), and the sub-folders that could not be read with the reason."""
+    found: list[str] = []
+    unreadable: list[tuple[str, str]] = []
+    for root, _, names in os.walk(folder, onerror=lambda e: unreadable.append((e.filename, e.strerror))):
+        for name in names:
+            full = os.path.join(root, name)
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and os.path.isfile(full):
+                found.append(full)
+    return sorted(found), unreadable
+
+
 def load_image(path: str | os.PathLike, spec: DataSpec) -> torch.Tensor:
     """Read one image file and prepare it as the model's evaluation pipeline does: (C, H, W) float."""
     return eval_image(open_image(path), spec)
@@ -72,6 +93,20 @@ def load_image(path: str | os.PathLike, spec: DataSpec) -> torch.Tensor:
 def class_name(model: Any, index: int) -> str:
     names = getattr(model, "class_names", None)
     return str(names[index]) if names and index < len(names) else str(index)
+
+
+NON_FINITE = "the model produced NaN/inf logits; its weights are broken"
+
+
+def top_classes(model: Any, logits: torch.Tensor, topk: int) -> list[list[tuple[int, str, float]] | None]:
+    """Per row of ``logits``: the top-k (class index, name, probability), or None where a logit is NaN/inf."""
+    logits = logits.float().cpu()
+    finite = torch.isfinite(logits).all(dim=-1)
+    values, indices = logits.softmax(dim=-1).topk(min(topk, logits.shape[-1]), dim=-1)
+    return [
+        [(int(i), class_name(model, int(i)), float(v)) for v, i in zip(vals, idxs, strict=True)] if ok else None
+        for vals, idxs, ok in zip(values, indices, finite, strict=True)
+    ]
 
 
 @torch.no_grad()
@@ -96,18 +131,8 @@ def predict(
         if not batch:
             return
         x = torch.stack([t for _, t in batch]).to(device)
-        logits = model(x).float().cpu()
-        finite = torch.isfinite(logits).all(dim=-1)
-        probs = logits.softmax(dim=-1)
-        k = min(topk, probs.shape[-1])
-        values, indices = probs.topk(k, dim=-1)
-        for (path, _), vals, idxs, ok in zip(batch, values, indices, finite, strict=True):
-            if not ok:
-                results[path] = Prediction(path, error="the model produced NaN/inf logits; its weights are broken")
-                continue
-            results[path] = Prediction(
-                path, [(int(i), class_name(model, int(i)), float(v)) for v, i in zip(vals, idxs, strict=True)]
-            )
+        for (path, _), top in zip(batch, top_classes(model, model(x), topk), strict=True):
+            results[path] = Prediction(path, top) if top is not None else Prediction(path, error=NON_FINITE)
         batch.clear()
 
     for path in files:

@@ -181,7 +181,7 @@ def test_csv_dataset(tmp_path):
     for i in range(4):
         _save(Image.new("RGB", (4, 4)), tmp_path / "img" / f"{i}.png")
     (tmp_path / "list.csv").write_text("path,label\nimg/0.png,shirt\nimg/1.png,shoe\nimg/2.png,shirt\nimg/3.png,shoe\n")
-    ds = build_dataset(f"csv:{tmp_path / 'list.csv'}", "train")
+    ds = build_dataset(f"csv:{tmp_path / 'list.csv'}", "all")
     assert ds.classes == ["shirt", "shoe"] and ds.targets.tolist() == [0, 1, 0, 1]
     assert ds[1][0].size == (4, 4)
     (tmp_path / "bad.csv").write_text("only-one-column\n")

@@ -3,12 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vitkit
 from vitkit.data import ArrayDataset, DataSpec, build_dataset
 from vitkit.data.transforms import array_eval_batch
 from vitkit.errors import VitkitError
-from vitkit.eval.evaluate import evaluate, most_confident_mistakes, write_eval_outputs
+from vitkit.eval.evaluate import check_classes, evaluate, most_confident_mistakes, write_eval_outputs
 
 
 def _tiny(num_classes=10, **kw):
@@ -27,7 +28,7 @@ def test_in_memory_and_file_pipelines_agree(tmp_path):
         folder = tmp_path / f"{label:02d}"
         folder.mkdir(exist_ok=True)
         img.save(folder / f"{i:03d}.png")
-    files = build_dataset(f"folder:{tmp_path}", "val", val_fraction=0.999)
+    files = build_dataset(f"folder:{tmp_path}", "all")
     order = np.argsort([int(p.split("/")[-1][:3]) for p, _ in files.samples])
     files.samples = [files.samples[i] for i in order]
     model = _tiny(num_classes=len(files.classes))
@@ -64,3 +65,37 @@ def test_evaluate_counts_and_report(tmp_path):
 def test_head_and_data_mismatch_is_an_error():
     with pytest.raises(VitkitError, match="predicts 3 classes but the data set"):
         evaluate(_tiny(num_classes=3), _sample(8))
+
+
+def test_class_names_must_match_the_data_set():
+    ds = _sample(8)
+    model = _tiny()
+    model.class_names = list(ds.classes)
+    assert check_classes(model, ds) == list(ds.classes)
+    model.class_names = [*ds.classes[:3], "Jumper", *ds.classes[4:]]  # same count, one name differs
+    with pytest.raises(VitkitError, match=r"class 3 is 'Jumper' for the model but 'Dress' in the data \(1 of 10"):
+        evaluate(model, ds)
+    model.class_names = None  # a model without names is judged by its head size alone
+    assert check_classes(model, ds) == list(ds.classes)
+    with pytest.raises(VitkitError, match="predicts 10 classes but the data set sample has 3"):
+        check_classes(model, ArrayDataset(ds.images, ds.targets % 3, ["a", "b", "c"], "sample"))
+
+
+def test_split_val_of_a_run_is_the_part_it_held_out(tmp_path):
+    """`vitkit eval RUN --split val` scores the images that run held out (its val_fraction and seed), and only when
+    the run trained on the same data."""
+    from vitkit.eval.evaluate import load_dataset, run_split_settings
+
+    data = f"folder:{tmp_path / 'data'}"
+    for c in range(2):
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.full((4, 4), i, np.uint8)).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "train_config.json").write_text(json.dumps({"data": data, "val_fraction": 0.3, "seed": 5}))
+    assert run_split_settings(run / "best", data) == run_split_settings(run, data) == (0.3, 5)
+    assert run_split_settings(run, "sample") == (0.0, 0)
+    held_out = build_dataset(data, "val", val_fraction=0.3, seed=5).samples
+    assert load_dataset(data, "val", val_fraction=0.3, seed=5).samples == held_out
+    assert len(held_out) == 6 and held_out != build_dataset(data, "val").samples

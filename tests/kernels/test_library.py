@@ -18,6 +18,7 @@ from vitkit import kernels
 from vitkit.kernels import attention as native_attention
 from vitkit.kernels import library
 from vitkit.kernels import window_attention as native_window
+from vitkit.utils.io import sha256_file
 
 needs_cc = pytest.mark.skipif(kernels.compiler() is None, reason="no C compiler")
 
@@ -138,7 +139,7 @@ def _plant_library(folder: Path, prefix: str, marker: Path) -> Path:
     )
     tmp = folder / "planted.so"
     subprocess.run([kernels.compiler(), "-shared", "-fPIC", "-o", str(tmp), str(src)], check=True)
-    target = folder / f"{prefix}-{library._sha256(tmp)[:16]}.so"  # a valid hash: integrity is not trust
+    target = folder / f"{prefix}-{sha256_file(tmp)[:16]}.so"  # a valid hash: integrity is not trust
     tmp.rename(target)
     return target
 

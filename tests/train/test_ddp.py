@@ -1,7 +1,9 @@
-"""torchrun with 2 CPU processes (gloo) reaches the same losses and weights as 1 process with the same global batch."""
+"""torchrun with 2 CPU processes (gloo): the same losses and weights as 1 process with the same global batch, and no
+hang when one process's whole batch is unreadable (DDP and FSDP)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .helpers import TINY
+from .helpers import TINY, image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
@@ -52,3 +54,53 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     for k in w1:
         # Adam divides by sqrt(v): a near-zero gradient summed in another order moves a weight by ~1e-5
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4)
+
+
+def _run_or_fail_on_hang(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; past ``timeout`` every process of it is killed and the test fails."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the processes hung (killed after {timeout:.0f} s)\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_path, strategy):
+    from vitkit.data import DataSpec, Loader
+    from vitkit.train import TrainConfig
+    from vitkit.train.loop import build_datasets
+
+    root = image_folder(tmp_path / "imgs", train=(5, 2), val=(3, 1))
+    cfg = dict(TINY, data=f"folder:{root}", max_train_samples=0, max_val_samples=0, batch_size=1, accum_steps=2)
+    cfg |= dict(epochs=1, seed=1, aug="none", skip_bad_images=True, device="cpu", output_dir=str(tmp_path / "run"))
+    cfg["strategy"] = strategy  # FSDP gathers parameters in every forward pass, evaluation included
+    # one image per process and batch; with this seed, some batch has an unreadable image on one process and a good
+    # one on the other, and some accumulation group loses its last batch after its first one went through backward
+    train_ds, _ = build_datasets(TrainConfig(**cfg))
+    spec = DataSpec((16, 16), 3, (0.5,) * 3, (0.5,) * 3)
+    shares = [Loader(train_ds, spec, batch_size=1, train=True, seed=1, rank=r, world_size=2).indices(0) for r in (0, 1)]
+    bad = ["broken" in path for path, _ in train_ds.samples]
+    broken = [(bad[i], bad[j]) for i, j in zip(*shares, strict=True)]
+    assert (True, False) in broken or (False, True) in broken
+    groups = [broken[g : g + 2] for g in range(0, len(broken), 2)]
+    assert any(len(g) == 2 and not any(g[0]) and any(g[1]) for g in groups)
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    r = _run_or_fail_on_hang([*cmd, json.dumps(cfg)], env, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = tmp_path / "run"
+    assert json.loads((run / "last" / "trainer_state.json").read_text())["world_size"] == 2
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["skipped_val_images"] == 2
+    (epoch,) = [r for r in records if r["type"] == "epoch"]
+    assert epoch["skipped_images"] == 4 and epoch["train_loss"] > 0 and "val_acc" in epoch

@@ -119,7 +119,7 @@ def test_corrupt_checkpoint_is_refused_and_interrupted_write_keeps_the_old_one(t
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt_mod, "atomic_save_safetensors", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*: disk full; the previous checkpoint"):
         train(cfg.replace(resume="auto", epochs=2))
     monkeypatch.undo()
     assert (last / "model.safetensors").read_bytes() == good
@@ -138,8 +138,32 @@ def test_refuses_to_overwrite_a_run_and_checks_resume_settings(tmp_path):
         train(cfg)
     with pytest.raises(CheckpointError, match=r"settings changed .*lr"):
         train(cfg.replace(resume="auto", lr=0.1))
+    with pytest.raises(CheckpointError, match=r"global batch: checkpoint 16 x 1 process\(es\) vs now 8 x 1"):
+        train(cfg.replace(resume="auto", batch_size=8))
     r = train(cfg.replace(resume=str(tmp_path / "run"), epochs=2))  # an output dir works as a resume source
     assert len(r.history) == 2
+
+
+def test_fsdp_on_one_process_writes_a_verified_distributed_checkpoint(tmp_path):
+    cfg = tiny(tmp_path, epochs=1, strategy="fsdp")  # one process: unsharded training, sharded checkpoints
+    train(cfg)
+    last = tmp_path / "run" / "last"
+    manifest = json.loads((last / "trainer_state.json").read_text())["sha256"]
+    assert {"dcp/.metadata", "dcp/__0_0.distcp"} <= set(manifest)
+    assert not (tmp_path / "run" / ".last.shards.tmp").exists()
+    assert vitkit.from_pretrained(last).config.depth == 1
+    shard = last / "dcp" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match=r"__0_0\.distcp: corrupt or truncated"):
+        train(cfg.replace(resume="auto", epochs=2))
+
+
+def test_a_torchrun_restart_continues_the_run(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, epochs=1)
+    train(cfg)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # what torchrun --max-restarts sets after a failure
+    r = train(cfg.replace(epochs=2))  # no resume given: a restarted job continues from last/
+    assert [h["step"] for h in r.history] == [4, 8]
 
 
 def test_time_limit_stops_cleanly(tmp_path):
@@ -154,9 +178,14 @@ def test_early_stopping(tmp_path):
 
 
 def test_config_validation_files_and_cli(tmp_path, capsys):
-    with pytest.raises(VitkitError, match=r"TrainConfig\.amp"):
+    with pytest.raises(VitkitError, match=r"--amp \(amp\): must be one of none, bf16, fp16, got 'fp8'"):
         TrainConfig(amp="fp8")
-    (tmp_path / "c.yaml").write_text("epochs: 3\nbetas: [0.9, 0.95]\nmodel_args: {depth: 1}\n")
+    with pytest.raises(VitkitError, match=r"--strategy \(strategy\): must be one of ddp, fsdp, got 'zero'"):
+        TrainConfig(strategy="zero")
+    with pytest.raises(VitkitError, match=r"--amp \(amp\): fp16 .* not supported with strategy fsdp; use bf16"):
+        TrainConfig(strategy="fsdp", amp="fp16")
+    yaml = "epochs: 3\nbetas: [0.9, 0.95]\nmodel: vit_nano_patch4_28\nmodel_args: {depth: 1}\n"
+    (tmp_path / "c.yaml").write_text(yaml)
     cfg = TrainConfig.from_file(tmp_path / "c.yaml")
     assert cfg.epochs == 3 and cfg.betas == (0.9, 0.95) and cfg.model_args == "depth=1"
     (tmp_path / "bad.toml").write_text("epoch = 3\n")
@@ -205,3 +234,13 @@ def test_image_folder_training_with_workers_and_bad_files(tmp_path):
     assert result.history[-1]["skipped_images"] == 1
     model = vitkit.from_pretrained(result.best_checkpoint)
     assert model.config.in_chans == 3 and model.class_names == ["class0", "class1"]
+
+
+def test_val_data_sharing_training_files_warns(tmp_path):
+    from tests.data.conftest import class_folders
+
+    data = class_folders(tmp_path / "data", {"a": 4, "b": 4})
+    cfg = TrainConfig(model="vit_nano_patch4_28", data=f"folder:{data}", val_data=f"folder:{data / '..' / 'data'}")
+    # the training split of a flat folder holds one image per class back: 6 of the 8 files are training files
+    with pytest.warns(UserWarning, match=r"--val-data: 6 of 8 validation files are also training files"):
+        loop_mod.build_datasets(cfg)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from vitkit.errors import VitkitError
+from vitkit.utils.devices import is_device_name
 from vitkit.version import __version__
 
 # /proc/cpuinfo flags that decide which CPU path is fastest (oneDNN vs MKL linear, bf16 dot products, AMX tiles)
@@ -27,10 +28,10 @@ CPU_FEATURES = {
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not is_device_name(name) or name == "mps":
+        raise VitkitError(f"--device must be cpu, cuda[:N] or auto, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise VitkitError(f"--device {name}: CUDA is not available in this torch ({torch.__version__})")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise VitkitError(f"--device must be cpu, cuda[:N] or auto, got {name!r}")
     return torch.device(name)
 
 

@@ -47,6 +47,18 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def alternation_table(times: dict[str, list[float]], faults: dict[str, float]) -> str:
+    """Median ms per batch and page faults per batch of each run of :func:`vitkit.bench.timing.alternate_calls`."""
+    lines = ["| contender | ms / batch (median) | page faults / batch |", "|---|---:|---:|"]
+    lines += [f"| {k} | {1e3 * statistics.median(v):.1f} | {faults[k]:.0f} |" for k, v in times.items()]
+    return "\n".join(lines)
+
+
+def round_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of time(a) / time(b): each round ran a and b back to back."""
+    return statistics.median(t / u for t, u in zip(times[a], times[b], strict=True))
+
+
 def fmt(v: Any, spec: str = "") -> str:
     if v is None:
         return "-"

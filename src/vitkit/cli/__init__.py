@@ -30,7 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vitkit.cli.demo", "offline demo: train + evaluate a small ViT on the bundled Fashion-MNIST sample"),
     "compare": ("vitkit.cli.compare", "train + evaluate one small model per family on the same data and budget"),
     "bench": ("vitkit.cli.bench", "speed and memory against transformers and timm with the same weights"),
-    "export": ("vitkit.cli.export", "export a model to ONNX and check it with onnxruntime"),
+    "export": ("vitkit.cli.export", "export a model to ONNX (checked with onnxruntime), transformers or timm"),
+    "push": ("vitkit.cli.push", "upload a checkpoint with its model card and evaluation to the Hugging Face Hub"),
+    "serve": ("vitkit.cli.serve", "an HTTP API and web page for a model, with dynamic batching and metrics"),
 }
 
 
@@ -118,7 +120,7 @@ def _run(argv: list[str], debug: bool) -> int:
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+    except OSError as e:  # a missing file, no permission, a full disk: the system's own one-line reason
         if debug:
             raise
         print(f"vitkit: error: {e}", file=sys.stderr)

@@ -40,6 +40,35 @@ def _typed(kind: type, name: str):
     return convert
 
 
+def whole_number(minimum: int):
+    """An argparse ``type``: a whole number >= ``minimum``, checked while the command line is parsed."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    convert.__name__ = "int"
+    return convert
+
+
+positive_int = whole_number(1)
+non_negative_int = whole_number(0)
+
+
+def device_name(text: str) -> str:
+    """An argparse ``type`` for ``--device``: a name torch knows (whether that device exists is checked later)."""
+    from vitkit.utils.devices import DEVICE_NAMES, is_device_name
+
+    if not is_device_name(text):
+        raise argparse.ArgumentTypeError(f"must be {DEVICE_NAMES}, got {text!r}")
+    return text
+
+
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
@@ -181,17 +210,31 @@ def add_reference(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def inference_model(source: str, reference: bool = False) -> Any:
-    """The model a source names, in eval mode, optimized for inference unless ``reference``."""
+def add_model_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="the registered architecture of SOURCE when it is a bare weights file (.pth/.bin/.safetensors, e.g. the "
+        "official Swin / CvT releases); for a directory or hub id, the family it must hold",
+    )
+
+
+def inference_model(source: str, reference: bool = False, model_name: str | None = None) -> Any:
+    """The model a source names (a bare weights file with ``model_name``), in eval mode, optimized for inference
+    unless ``reference``."""
     from vitkit.engine import optimize
+    from vitkit.factory import create_model
     from vitkit.hub import from_pretrained
 
-    model = from_pretrained(source)
+    model = create_model(model_name, pretrained=source).eval() if model_name else from_pretrained(source)
     return model if reference else optimize(model, inplace=True)
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    parser.add_argument(
+        "--device", default="auto", type=device_name, help="auto | cpu | cuda | cuda:N | mps (default: auto)"
+    )
 
 
 def add_threads(parser: argparse.ArgumentParser, default: str = "0") -> None:

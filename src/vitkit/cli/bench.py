@@ -3,11 +3,13 @@ timm with the same weights (:mod:`vitkit.bench`)."""
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from vitkit.bench import DTYPES, MODES, TASKS, benchmark, format_table, write_result
+from vitkit.cli._args import positive_int
 from vitkit.engine.malloc import PRESETS
 
 
@@ -32,14 +34,10 @@ def _override(s: str) -> tuple[str, Any]:
         return key, value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _device(text: str) -> str:
+    if text not in ("auto", "cpu") and not re.fullmatch(r"cuda(:[0-9]+)?", text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or auto, got {text!r}")
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, several_models: bool = False) -> None:
@@ -48,11 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, several_models: bool = Fal
         parser.add_argument("--models", nargs="+", default=None, help="registered model names")
     else:
         parser.add_argument("model", help="registered model name, e.g. vit_base_patch16_224 (see `vitkit models`)")
-    parser.add_argument("--batch-size", "-b", type=_positive, default=8)
-    parser.add_argument("--train-batch-size", type=_positive, default=None, help="default: --batch-size")
-    parser.add_argument("--img-size", type=_positive, default=None, help="default: the model's")
-    parser.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto")
+    parser.add_argument("--batch-size", "-b", type=positive_int, default=8)
+    parser.add_argument("--train-batch-size", type=positive_int, default=None, help="default: --batch-size")
+    parser.add_argument("--img-size", type=positive_int, default=None, help="default: the model's")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="auto", type=_device, help="cpu, cuda[:N] or auto")
     parser.add_argument("--dtype", type=_csv(tuple(DTYPES)), default=("fp32",), help="fp32,bf16 (autocast)")
     parser.add_argument(
         "--mode", type=_csv(MODES), default=("optimized",), help=f"vitkit contenders: {','.join(MODES)}"
@@ -61,9 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, several_models: bool = Fal
     parser.add_argument(
         "--compare", action="store_true", help="also vitkit's reference model, transformers and timm (same weights)"
     )
-    parser.add_argument("--warmup", type=_positive, default=2)
-    parser.add_argument("--iters", type=_positive, default=3, help="timed iterations per repeat")
-    parser.add_argument("--repeats", type=_positive, default=5)
+    parser.add_argument("--warmup", type=positive_int, default=2)
+    parser.add_argument("--iters", type=positive_int, default=3, help="timed iterations per repeat")
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument(
         "--malloc",
@@ -71,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, several_models: bool = Fal
         default="default",
         help="glibc malloc thresholds for the whole run: default, pinned (32/64 MiB fixed) or tuned "
         "(no page faults after warm-up); see vitkit.engine.malloc",
+    )
+    parser.add_argument(
+        "--peer-adamw",
+        choices=("default", "fused"),
+        default="default",
+        help="the peers' optimizer in training steps: torch.optim.AdamW() as written in a plain loop (default) or "
+        "the fused kernel vitkit's trainer uses",
     )
     parser.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set depth=2")  # fmt: skip
@@ -98,6 +103,7 @@ def benchmark_from_args(name: str, args: argparse.Namespace) -> dict[str, Any]:
         memory=not args.no_memory,
         overrides=dict(args.set),
         malloc=args.malloc,
+        peer_adamw=args.peer_adamw,
         log=log,
     )
 

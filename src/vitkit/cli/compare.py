@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._args import add_threads, apply_threads, print_table
+from vitkit.cli._args import add_threads, apply_threads, positive_int, print_table
 from vitkit.cli.train import add_config_flags, checkpoint_for_test, config_from_args, is_main_process, plot_run
 
 FAMILIES = ("vit", "swin", "cvt")
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-data", default=None, help="data source to evaluate on (default: the training --data)")
     p.add_argument("--eval-split", default="test", choices=["val", "test"], help="split to evaluate (default: test)")
-    p.add_argument("--batch-size-eval", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--batch-size-eval", type=positive_int, default=256, help="evaluation batch size (default: 256)")
     add_config_flags(p, exclude={"model"})
     add_threads(p)
     p.set_defaults(output_dir_default="runs/compare")
@@ -81,11 +81,6 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.train import train
     from vitkit.utils.io import atomic_write_json
 
-    base = config_from_args(args)
-    threads = apply_threads(args.threads)
-    if base.output_dir == type(base)().output_dir:  # the training default; compare gets its own folder
-        base = base.replace(output_dir=args.output_dir_default)
-    root = Path(base.output_dir)
     if args.models:
         requested = [m.strip() for m in args.models.split(",") if m.strip()]
         registered = set(list_models())
@@ -97,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         models = default_models()
     if not models:
         raise VitkitError("compare: no model to train (none of the requested names is registered)")
+    base = config_from_args(args, model=models[0])  # --model-args is checked against the models it is given to
+    threads = apply_threads(args.threads)
+    if base.output_dir == type(base)().output_dir:  # the training default; compare gets its own folder
+        base = base.replace(output_dir=args.output_dir_default)
+    root = Path(base.output_dir)
     eval_data = args.eval_data or base.data
     dataset = None
     rows: list[dict[str, Any]] = []

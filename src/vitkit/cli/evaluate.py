@@ -5,7 +5,17 @@ import json
 import sys
 from pathlib import Path
 
-from vitkit.cli._args import add_device, add_reference, add_threads, apply_threads, inference_model, resolve_device
+from vitkit.cli._args import (
+    add_device,
+    add_model_name,
+    add_reference,
+    add_threads,
+    apply_threads,
+    inference_model,
+    non_negative_int,
+    positive_int,
+    resolve_device,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,19 +30,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="data source, as for training: sample | fashion-mnist:DIR | mnist:DIR | cifar10:DIR | "
         "cifar100:DIR | folder:DIR | csv:FILE (default: sample)",
     )
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default: test)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    p.add_argument("--max-samples", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="which split (default: test); 'val' is the part the training run held out; 'all' every image",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--max-samples", type=non_negative_int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument(
         "--output-dir",
         default=None,
         help="where report.json and the PNGs go (default: SOURCE/eval-SPLIT for a local checkpoint, else runs/eval)",
     )
-    p.add_argument("--num-misclassified", type=int, default=32, help="images in the misclassified grid (default: 32)")
+    p.add_argument(
+        "--num-misclassified", type=non_negative_int, default=32, help="images in the misclassified grid (default: 32)"
+    )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     add_device(p)
     add_threads(p)
     add_reference(p)
+    add_model_name(p)
 
 
 def default_output_dir(source: str, split: str) -> Path:
@@ -41,17 +59,13 @@ def default_output_dir(source: str, split: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitkit.errors import VitkitError
-    from vitkit.eval.evaluate import evaluate, format_report, load_dataset, write_eval_outputs
+    from vitkit.eval.evaluate import evaluate, format_report, load_dataset, run_split_settings, write_eval_outputs
 
-    if args.batch_size < 1:
-        raise VitkitError(f"--batch-size must be >= 1 (got {args.batch_size})")
-    if args.max_samples < 0:
-        raise VitkitError(f"--max-samples must be >= 0 (got {args.max_samples})")
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    model = inference_model(args.source, args.reference)
-    dataset = load_dataset(args.data, args.split)
+    model = inference_model(args.source, args.reference, args.model)
+    val_fraction, seed = run_split_settings(args.source, args.data)
+    dataset = load_dataset(args.data, args.split, val_fraction=val_fraction, seed=seed)
     result = evaluate(
         model, dataset, batch_size=args.batch_size, device=device, max_samples=args.max_samples, source=args.data
     )
@@ -66,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         title=str(extra["model"] or ""),
         extra=extra,
     )
+    from vitkit.publish import write_card_for
+
+    card = write_card_for(args.source, model, report=report, report_dir=out, fallback=out)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -75,5 +92,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"report: {out / 'report.json'}"
             + "".join(f"\n{k}: {v}" for k, v in report["files"].items() if k != "report")
+            + (f"\nmodel card: {card}" if card else "")
         )
     return 0

@@ -1,13 +1,17 @@
 """``vitkit train``: every :class:`vitkit.train.TrainConfig` field is a flag; ``--config`` reads a file first.
 
-Precedence: the dataclass defaults < the ``--config`` file (YAML/TOML/JSON) < flags on the command line.
+Precedence: the dataclass defaults < the ``--config`` file (YAML/TOML/JSON) < flags on the command line. With
+``--resume``, the settings saved in the checkpoint take the place of the defaults, so
+``vitkit train --output-dir X --resume auto`` continues run X as it was started.
 After training, the training curves (loss, accuracy, learning rate) are drawn from the run's metrics.jsonl.
 Under ``torchrun`` every process trains; only rank 0 prints the summary and draws the plots.
 """
 
 import argparse
+import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,15 +89,61 @@ def _fmt_metrics(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
+def saved_settings(cfg: Any) -> dict[str, Any] | None:
+    """The settings of the run ``cfg.resume`` continues (from its checkpoint), or None when there is none to read.
+
+    They are the base that ``--config`` and the flags override, so ``vitkit train --output-dir X --resume auto``
+    continues X with the settings it was started with.
+    """
+    from vitkit.train.config import TrainConfig
+    from vitkit.train.state import STATE_JSON
+
+    wanted = Path(cfg.output_dir) / "last" if cfg.resume in ("auto", "last") else Path(cfg.resume)
+    for directory in (wanted, wanted / "last", wanted.parent / f".{wanted.name}.old"):
+        try:
+            saved = json.loads((directory / STATE_JSON).read_text(encoding="utf-8")).get("config")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(saved, dict):
+            names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "overwrite_output_dir"}
+            return {k: v for k, v in saved.items() if k in names}
+    return None
+
+
+def interrupted_message(cfg: Any) -> str:
+    """Where the last complete checkpoint is and the command that continues from it."""
+    from vitkit.train.state import STATE_JSON, find_checkpoint
+
+    out = Path(cfg.output_dir)
+    last = find_checkpoint(out / "last")
+    if last is None:
+        return f"vitkit: interrupted before the first checkpoint was written; nothing to resume in {out}"
+    try:
+        step = f" (step {json.loads((last / STATE_JSON).read_text(encoding='utf-8'))['step']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        step = ""
+    return (
+        f"vitkit: interrupted; the last complete checkpoint is {last}{step}; "
+        f"continue with: vitkit train --output-dir {shlex.quote(str(out))} --resume auto"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if cfg.resume and (saved := saved_settings(cfg)) is not None:
+        cfg = config_from_args(args, base=saved)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2, default=list))
         return 0
     from vitkit.train import train
 
     apply_threads(args.threads)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints are written whole, so say which one to continue from
+        if is_main_process():
+            print(interrupted_message(cfg), file=sys.stderr)
+        return 130
     if not is_main_process():
         return 0
     print(
@@ -111,4 +161,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{label}: {path}")
     if not args.no_plots:
         plot_run(result.output_dir)
+    if result.final_model is not None:
+        from vitkit.publish import write_card_for
+
+        card = write_card_for(str(result.final_model), None)
+        if card is not None:
+            print(f"model card: {card}")
     return 0

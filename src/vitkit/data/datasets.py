@@ -7,14 +7,20 @@ Two kinds, both with ``classes``, ``targets`` and ``__getitem__(i) -> (PIL image
 * :class:`FileDataset` holds ``(path, label)`` pairs and decodes files on demand (folder, CSV).
 """
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
 import os
 import pickle
+import re
+import stat
 import struct
 import urllib.request
+import warnings
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -117,7 +123,7 @@ class FileDataset:
         return open_image(path), label
 
     def subset(self, indices: np.ndarray) -> "FileDataset":
-        return FileDataset([self.samples[i] for i in indices], self.classes, self.source, self.channels)
+        return FileDataset([self.samples[i] for i in indices], self.classes, self.source, self.channels, self.skipped)
 
 
 Dataset = ArrayDataset | FileDataset
@@ -131,7 +137,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise VitkitError(f"{path}: cannot read IDX file ({e}); re-download it") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise VitkitError(f"{path}: not an IDX file (bad magic number)")
@@ -139,6 +145,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if data[2] not in dtypes:
         raise VitkitError(f"{path}: unknown IDX data type 0x{data[2]:02x}")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise VitkitError(f"{path}: truncated IDX file (the header names {ndim} sizes, the file ends before them)")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(dtypes[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
@@ -146,14 +154,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(payload) != expected:
         raise VitkitError(f"{path}: truncated IDX file ({len(payload)} data bytes, header says {expected})")
     return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download_idx(kind: str, directory: str | os.PathLike) -> None:
@@ -188,7 +188,7 @@ def _idx_files(directory: Path, prefix: str) -> tuple[Path, Path]:
     found = []
     for part in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         for cand in (f"{prefix}-{part}.gz", f"{prefix}-{part}", f"{prefix}-{part.replace('-idx', '.idx')}"):
-            if (directory / cand).is_file():
+            if os.path.isfile(directory / cand):
                 found.append(directory / cand)
                 break
         else:
@@ -200,7 +200,7 @@ def load_idx(kind: str, directory: str | os.PathLike, split: str, download: bool
     """``split`` is 'train' or 'test' (the files' own split)."""
     directory = Path(directory).expanduser()
     prefix = "train" if split == "train" else "t10k"
-    files = _idx_files(directory, prefix) if directory.is_dir() else None
+    files = _idx_files(directory, prefix) if os.path.isdir(directory) else None
     if files is None and download:
         download_idx(kind, directory)
         files = _idx_files(directory, prefix)
@@ -249,11 +249,13 @@ def safe_unpickle(path: str | os.PathLike) -> Any:
             return RestrictedUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
     except pickle.UnpicklingError as e:
         raise VitkitError(f"{path}: refused to unpickle ({e}); CIFAR batches contain only arrays and lists") from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError) as e:
+    except Exception as e:  # whatever a malformed pickle makes the unpickler raise
         raise VitkitError(f"{path}: cannot read pickle ({type(e).__name__}: {e})") from None
 
 
 def _key(d: dict, name: str, path: Path) -> Any:
+    if not isinstance(d, dict):
+        raise VitkitError(f"{path}: holds a {type(d).__name__}, not a dict (is this a CIFAR python batch?)")
     for k in (name.encode(), name):
         if k in d:
             return d[k]
@@ -264,7 +266,7 @@ def load_cifar(kind: str, directory: str | os.PathLike, split: str) -> ArrayData
     """CIFAR-10: data_batch_1..5 / test_batch + batches.meta; CIFAR-100: train / test + meta (fine labels)."""
     directory = Path(directory).expanduser()
     sub = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
-    if (directory / sub).is_dir():
+    if os.path.isdir(directory / sub):
         directory = directory / sub
     if kind == "cifar10":
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
@@ -272,7 +274,7 @@ def load_cifar(kind: str, directory: str | os.PathLike, split: str) -> ArrayData
     else:
         names = ["train"] if split == "train" else ["test"]
         meta_name, label_key, names_key = "meta", "fine_labels", "fine_label_names"
-    missing = [n for n in [*names, meta_name] if not (directory / n).is_file()]
+    missing = [n for n in [*names, meta_name] if not os.path.isfile(directory / n)]
     if missing:
         raise VitkitError(
             f"{kind}: {', '.join(missing)} not found in {directory}; extract the python version "
@@ -281,31 +283,164 @@ def load_cifar(kind: str, directory: str | os.PathLike, split: str) -> ArrayData
     images, labels = [], []
     for n in names:
         d = safe_unpickle(directory / n)
-        data = np.asarray(_key(d, "data", directory / n), dtype=np.uint8)
+        data = _array(_key(d, "data", directory / n), np.uint8, directory / n, "data")
         if data.ndim != 2 or data.shape[1] != 3072:
             raise VitkitError(f"{directory / n}: expected data of shape (N, 3072), got {data.shape}")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # (N, H, W, C)
-        labels.append(np.asarray(_key(d, label_key, directory / n), dtype=np.int64))
+        labels.append(_array(_key(d, label_key, directory / n), np.int64, directory / n, label_key).reshape(-1))
     meta = safe_unpickle(directory / meta_name)
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _key(meta, names_key, directory / meta_name)]
-    return ArrayDataset(np.concatenate(images), np.concatenate(labels), classes, f"{kind}:{directory}")
+    names_list = _key(meta, names_key, directory / meta_name)
+    if not isinstance(names_list, list | tuple):
+        raise VitkitError(f"{directory / meta_name}: {names_key!r} is not a list of class names")
+    classes = [c.decode(errors="replace") if isinstance(c, bytes) else str(c) for c in names_list]
+    targets = np.concatenate(labels)
+    if len(targets) and (targets.min() < 0 or targets.max() >= len(classes)):
+        raise VitkitError(f"{directory}: labels outside 0..{len(classes) - 1} (the classes in {meta_name})")
+    return ArrayDataset(np.concatenate(images), targets, classes, f"{kind}:{directory}")
+
+
+def _array(value: Any, dtype: Any, path: Path, what: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise VitkitError(f"{path}: {what!r} is not an array of numbers ({e})") from None
 
 
 # --- image folders and CSV files -------------------------------------------------------------------
-def _scan_class_dirs(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise VitkitError(f"{root}: no class sub-folders (expected {root}/<class name>/<image files>)")
-    samples = []
-    for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames.sort()
-            for fn in sorted(filenames):
-                if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
-                    samples.append((os.path.join(dirpath, fn), label))
-    if not samples:
-        raise VitkitError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
-    return samples, classes
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_folder(folder: str) -> list[os.DirEntry]:
+    """The entries of one folder by name; an unreadable folder is an error, never an empty one."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise VitkitError(f"cannot read folder {folder}: {e.strerror or e}") from None
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+class _FolderScan:
+    """One walk over ``root/<class>/...`` that takes every folder and every file once.
+
+    Folders are known by (device, inode), so a symlink loop ends; files by their real path, so a file that two paths
+    reach (a symlinked folder or file) is one sample and can never be in both the training and the validation part.
+    Real folders are walked first and symlinks followed afterwards, so a link into another class's folder does not
+    take that folder's images away from it. Anything that is not a regular file once links are resolved (a FIFO, a
+    socket, a device, a dangling link) is left out with a warning: opening it could block forever. A plain file
+    costs no system call beyond the folder listing, which matters for millions of files on a network file system.
+    """
+
+    def __init__(self, root: Path, fence: tuple[Path, ...] = ()) -> None:
+        self.root = root
+        self.folders: set[tuple[int, int]] = set()
+        self.files: set[str] = set()  # real paths
+        self.samples: list[tuple[str, int]] = []
+        self.real_paths: list[str] = []  # of each sample
+        self.ignored: list[str] = []
+        self.repeated: list[str] = []  # folders and files already reached by another path
+        for folder in (root, *fence):  # the root and the split folders are nobody's class: a link back stops there
+            with contextlib.suppress(OSError):
+                self.folders.add(_identity(os.stat(folder)))
+        entries = _list_folder(str(root))
+        self.classes = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=True))
+        if not self.classes:
+            raise VitkitError(f"{root}: no class sub-folders (expected {root}/<class name>/<image files>)")
+        real_root = os.path.realpath(root)
+        per_class: list[list[tuple[str, int, str]]] = [[] for _ in self.classes]
+        links: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            folder = os.path.join(root, name)
+            if os.path.islink(folder):
+                links.append((folder, label))
+            else:
+                self._walk(folder, os.path.join(real_root, name), label, per_class[label], links)
+        self._follow(links, per_class)
+        for items in per_class:
+            for path, label, real in items:
+                self.samples.append((path, label))
+                self.real_paths.append(real)
+        self._warn()
+        if not self.samples:
+            raise VitkitError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
+
+    def _walk(self, top: str, real_top: str, label: int, out: list, links: list[tuple[str, int]]) -> None:
+        """Depth first in name order through real sub-folders; symlinks go on ``links`` for :meth:`_follow`."""
+        stack = [(top, real_top)]
+        while stack:
+            folder, real = stack.pop()
+            try:
+                key = _identity(os.stat(folder))
+            except OSError as e:
+                raise VitkitError(f"cannot read folder {folder}: {e.strerror or e}") from None
+            if key in self.folders:
+                self.repeated.append(folder)
+                continue
+            self.folders.add(key)
+            subfolders = []
+            for entry in _list_folder(folder):
+                if entry.name.startswith("."):
+                    continue
+                path = os.path.join(folder, entry.name)
+                if entry.is_symlink():
+                    links.append((path, label))
+                elif entry.is_dir(follow_symlinks=False):
+                    subfolders.append((path, os.path.join(real, entry.name)))
+                elif _is_image_name(entry.name):
+                    self._take(path, os.path.join(real, entry.name), entry.is_file(follow_symlinks=False), label, out)
+            stack.extend(reversed(subfolders))
+
+    def _follow(self, links: list[tuple[str, int]], per_class: list[list]) -> None:
+        i = 0
+        while i < len(links):  # following a linked folder can find more links
+            path, label = links[i]
+            i += 1
+            try:
+                st = os.stat(path)
+            except PermissionError as e:
+                raise VitkitError(f"cannot read {path}: {e.strerror}") from None
+            except OSError:  # dangling, or a loop of links
+                self.ignored.append(path)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self._walk(path, os.path.realpath(path), label, per_class[label], links)
+            elif _is_image_name(path):
+                self._take(path, os.path.realpath(path), stat.S_ISREG(st.st_mode), label, per_class[label])
+
+    def _take(self, path: str, real: str, regular: bool, label: int, out: list) -> None:
+        if not regular:
+            self.ignored.append(path)
+        elif real in self.files:
+            self.repeated.append(path)
+        else:
+            self.files.add(real)
+            out.append((path, label, real))
+
+    def _warn(self) -> None:
+        if self.ignored:
+            warnings.warn(
+                f"{self.root}: ignored {len(self.ignored)} entries that are not regular files (FIFO, socket, device "
+                f"or dangling symlink), e.g. {self.ignored[0]}",
+                stacklevel=2,
+            )
+        if self.repeated:
+            warnings.warn(
+                f"{self.root}: skipped {len(self.repeated)} folders or image files already reached by another path "
+                f"(symlink loop, symlinked folder or file), e.g. {self.repeated[0]}",
+                stacklevel=2,
+            )
+
+    def dataset(self, source: str) -> FileDataset:
+        return FileDataset(list(self.samples), list(self.classes), source)
+
+
+def _scan_class_dirs(root: Path, fence: tuple[Path, ...] = ()) -> _FolderScan:
+    """``root/<class>/**/<image>``; ``fence``: folders a symlink must not lead the walk into (the other splits)."""
+    return _FolderScan(root, fence)
 
 
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -313,48 +448,124 @@ SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validatio
 
 def _split_dir(root: Path, split: str) -> Path | None:
     for name in SPLIT_DIRS[split]:
-        if (root / name).is_dir():
+        if os.path.isdir(root / name):  # False, not an exception, inside an unreadable folder
             return root / name
     return None
 
 
+CSV_HEADERS = ("path", "file", "filename", "image")
+CSV_MAX_LINE = 1 << 20  # bytes; a 'path,label' line is far shorter, so a longer one means this is not such a file
+
+
+def _csv_lines(f: io.BufferedReader, path: Path) -> Iterator[str]:
+    """The lines of a CSV file opened in binary mode, decoded one by one so that bad bytes are reported by line."""
+    lineno = 0
+    while raw := f.readline(CSV_MAX_LINE + 1):
+        lineno += 1
+        if len(raw) > CSV_MAX_LINE:
+            raise VitkitError(f"{path}:{lineno}: line longer than {CSV_MAX_LINE} bytes; not a 'path,label' CSV file")
+        if b"\0" in raw:
+            raise VitkitError(f"{path}:{lineno}: NUL byte; binary data, not a 'path,label' CSV file")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise VitkitError(
+                f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                "save the file as UTF-8"
+            ) from None
+        yield text.removeprefix("\ufeff") if lineno == 1 else text
+
+
+def _brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error quotes the user's cell on one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_csv(path: str | os.PathLike) -> FileDataset:
-    """Rows ``path,label`` (an optional header row ``path,label``); relative paths from the CSV's folder."""
+    """Rows ``path,label`` (tab-separated for ``.tsv``; an optional header row ``path,label``); relative paths from
+    the CSV's folder. Cells are stripped; a row that repeats an earlier row's path is counted once, and the same path
+    with two labels is an error (it would otherwise be able to land in both the training and the validation part)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise VitkitError(f"CSV file {path} does not exist")
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2:
-                raise VitkitError(f"{path}:{lineno}: expected 'path,label', got {row!r}")
-            if lineno == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
-                continue
-            rows.append((row[0].strip(), row[1].strip(), lineno))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VitkitError(f"CSV file {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise VitkitError(f"cannot read CSV file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise VitkitError(f"CSV file {path} is not a regular file")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    rows: list[tuple[str, str]] = []
+    seen: dict[str, tuple[int, str]] = {}  # sample path -> (line, label)
+    repeated: list[tuple[int, int]] = []
+    first_row = True
+    reader = None
+    try:
+        with open(path, "rb") as f:
+            reader = csv.reader(_csv_lines(f, path), delimiter=delimiter)
+            for row in reader:
+                lineno = reader.line_num
+                cells = [c.strip() for c in row]
+                if not any(cells):
+                    continue
+                if len(cells) < 2:
+                    raise VitkitError(f"{path}:{lineno}: expected 'path{delimiter}label', got {_brief(row)}")
+                if first_row and cells[0].lower() in CSV_HEADERS:
+                    first_row = False
+                    continue
+                first_row = False
+                file, label = cells[0], cells[1]
+                if not file:
+                    raise VitkitError(f"{path}:{lineno}: empty path")
+                if not label:
+                    raise VitkitError(f"{path}:{lineno}: empty label for {_brief(file)}")
+                full = str(Path(file) if os.path.isabs(file) else path.parent / file)
+                if full in seen:
+                    before, other = seen[full]
+                    if other != label:
+                        raise VitkitError(
+                            f"{path}:{lineno}: {_brief(file)} has label {_brief(label)} but line {before} gives it "
+                            f"{_brief(other)}"
+                        )
+                    repeated.append((lineno, before))
+                    continue
+                seen[full] = (lineno, label)
+                rows.append((full, label))
+    except csv.Error as e:
+        raise VitkitError(f"{path}:{reader.line_num if reader else 0}: malformed CSV ({e})") from None
+    except OSError as e:
+        raise VitkitError(f"cannot read CSV file {path}: {e.strerror or e}") from None
     if not rows:
         raise VitkitError(f"{path}: no rows")
-    labels = {r[1] for r in rows}
-    numeric = all(lbl.lstrip("-").isdigit() for lbl in labels)
-    classes = sorted(labels, key=int) if numeric else sorted(labels)
+    if repeated:
+        warnings.warn(
+            f"{path}: {len(repeated)} rows repeat an earlier row's file and were counted once, "
+            f"e.g. line {repeated[0][0]} (as line {repeated[0][1]})",
+            stacklevel=2,
+        )
+    labels = {lbl for _, lbl in rows}
+    numeric = all(re.fullmatch(r"-?[0-9]+", lbl) for lbl in labels)
+    classes = sorted(labels, key=lambda c: (int(c), c)) if numeric else sorted(labels)  # '7' and '007': by text too
     index = {c: i for i, c in enumerate(classes)}
-    samples = []
-    for p, lbl, _ in rows:
-        full = Path(p) if os.path.isabs(p) else path.parent / p
-        samples.append((str(full), index[lbl]))
-    return FileDataset(samples, classes, f"csv:{path}")
+    return FileDataset([(p, index[lbl]) for p, lbl in rows], classes, f"csv:{path}")
 
 
 # --- splits ----------------------------------------------------------------------------------------
 def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, val indices): ``fraction`` of every class, chosen with ``seed``, held out."""
+    """(train indices, val indices): ``fraction`` of every class, chosen with ``seed``, held out.
+
+    A class with two or more samples has at least one held out, so every class is validated; a single sample
+    stays in training.
+    """
     rng = np.random.default_rng(seed)
     train, val = [], []
     for c in np.unique(targets):
         idx = np.flatnonzero(targets == c)
         idx = idx[rng.permutation(len(idx))]
         n_val = round(len(idx) * fraction)
+        if fraction > 0 and len(idx) >= 2:
+            n_val = max(n_val, 1)
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
@@ -373,15 +584,15 @@ def parse_source(source: str) -> tuple[str, str]:
         return kind.lower(), rest
     if source.lower() in kinds:
         return source.lower(), ""
-    path = Path(source).expanduser()
-    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+    path = Path(source).expanduser()  # os.path's checks answer False for an unreadable or malformed path
+    if os.path.isfile(path) and path.suffix.lower() in (".csv", ".tsv"):
         return "csv", source
-    if path.is_dir():
+    if os.path.isdir(path):
         if _idx_files(path, "train") or _idx_files(path, "t10k"):
             return "fashion-mnist" if "fashion" in str(path).lower() else "mnist", source
-        if (path / "cifar-10-batches-py").is_dir() or (path / "data_batch_1").is_file():
+        if os.path.isdir(path / "cifar-10-batches-py") or os.path.isfile(path / "data_batch_1"):
             return "cifar10", source
-        if (path / "cifar-100-python").is_dir() or (path / "meta").is_file():
+        if os.path.isdir(path / "cifar-100-python") or os.path.isfile(path / "meta"):
             return "cifar100", source
         return "folder", source
     raise VitkitError(
@@ -398,20 +609,26 @@ def build_dataset(
     seed: int = 0,
     download: bool = False,
 ) -> Dataset:
-    """Load split 'train', 'val' or 'test' of a data source (see :func:`parse_source`).
+    """Load split 'train', 'val', 'test' or 'all' of a data source (see :func:`parse_source`).
 
     'val' is the source's own validation split when it has one (folder ``val/``), else a stratified
-    ``val_fraction`` of the training set (then 'train' excludes it), else the test split. Folders
-    without split sub-folders and without ``val_fraction`` hold out 10% for 'val'.
+    ``val_fraction`` of the training set (then 'train' excludes it), else the test split (IDX, CIFAR, a
+    folder with ``test/``). Flat folders and CSV files have no split of their own: without ``val_fraction``
+    they hold out 10% for 'val', so training never validates on its own images; 'all' is every file, and so is
+    a CSV file's 'test' (a flat folder has no 'test': asking for it is an error that points to 'all').
     """
     if split not in ("train", "val", "test", "all"):
         raise VitkitError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
+    if not 0 <= val_fraction < 1:
+        raise VitkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
     kind, path = parse_source(source)
-    if split == "all" and kind in ("csv", "folder"):  # every file, e.g. a separate validation source
-        if kind == "csv":
-            return load_csv(path)
-        samples, classes = _scan_class_dirs(Path(path).expanduser())
-        return FileDataset(samples, classes, f"folder:{path}")
+    if kind == "csv":
+        ds = load_csv(path)
+        return ds if split in ("test", "all") else _carve(ds, split, val_fraction or 0.1, seed)
+    if split == "all" and kind == "folder":  # every file, e.g. a separate validation source
+        root = Path(path).expanduser()
+        _check_folder(root)
+        return _scan_class_dirs(root).dataset(f"folder:{root}")
     if split == "all":
         split = "test"  # array data sets: their held-out split
     if kind in ("sample", "fashion-mnist", "mnist", "cifar10", "cifar100"):
@@ -432,40 +649,62 @@ def build_dataset(
         if source == "sample":
             ds.source = "sample"
         return ds
-    if kind == "csv":
-        ds = load_csv(path)
-        return _carve(ds, split, val_fraction, seed) if val_fraction > 0 else ds
-    # folder
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise VitkitError(f"image folder {root} does not exist")
-    train_dir = _split_dir(root, "train")
+    return _folder_split(Path(path).expanduser(), split, val_fraction, seed)
+
+
+def _check_folder(root: Path) -> None:
+    try:
+        is_dir = stat.S_ISDIR(os.stat(root).st_mode)
+    except FileNotFoundError:
+        raise VitkitError(f"image folder {root} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise VitkitError(f"cannot read folder {root}: {getattr(e, 'strerror', None) or e}") from None
+    if not is_dir:
+        raise VitkitError(f"{root} is not a folder")
+
+
+def _folder_split(root: Path, split: str, val_fraction: float, seed: int) -> FileDataset:
+    _check_folder(root)
+    dirs = {s: _split_dir(root, s) for s in SPLIT_DIRS}
+    train_dir = dirs["train"]
     if train_dir is None:  # root/<class>/...: hold out a part for validation
-        samples, classes = _scan_class_dirs(root)
-        ds = FileDataset(samples, classes, f"folder:{root}")
         if split == "test":
-            raise VitkitError(f"{root}: no test/ sub-folder (layout: {root}/train|val|test/<class>/<images>)")
-        return _carve(ds, split, val_fraction or 0.1, seed)
-    _, classes = _scan_class_dirs(train_dir)
-    wanted = _split_dir(root, split)
-    if wanted is None and split == "val":
-        if val_fraction > 0 or _split_dir(root, "test") is None:
-            return build_dataset(f"folder:{train_dir}", "val", val_fraction=val_fraction or 0.1, seed=seed)
-        wanted = _split_dir(root, "test")
+            raise VitkitError(
+                f"{root}: no test/ sub-folder (layout: {root}/train|val|test/<class>/<images>); "
+                "split 'all' (--split all) scores every image of a folder of class folders"
+            )
+        return _carve(_scan_class_dirs(root).dataset(f"folder:{root}"), split, val_fraction or 0.1, seed)
+    fence = (root, *(d for d in dirs.values() if d is not None))  # a link from one split must not reach another
+    train = _scan_class_dirs(train_dir, fence)
+    holdout = 0.0  # the part of train/ held out for 'val' when there is no val/ folder
+    if dirs["val"] is None and (val_fraction > 0 or dirs["test"] is None):
+        holdout = val_fraction or 0.1
+    if split == "train" or (split == "val" and holdout):
+        ds = train.dataset(f"folder:{train_dir}")
+        return _carve(ds, split, holdout, seed) if holdout else ds
+    wanted = dirs[split] or (dirs["test"] if split == "val" else None)
     if wanted is None:
         raise VitkitError(f"{root}: no {split}/ sub-folder")
-    if split == "train" and val_fraction > 0 and _split_dir(root, "val") is None:
-        return build_dataset(f"folder:{train_dir}", "train", val_fraction=val_fraction, seed=seed)
-    if split == "train" and _split_dir(root, "val") is None and _split_dir(root, "test") is None:
-        return build_dataset(f"folder:{train_dir}", "train", val_fraction=0.1, seed=seed)
-    samples, split_classes = _scan_class_dirs(wanted)
-    if split_classes != classes:
-        index = {c: i for i, c in enumerate(classes)}
-        extra = sorted(set(split_classes) - set(index))
-        if extra:
-            raise VitkitError(f"{wanted}: classes {', '.join(extra)} do not exist in {train_dir}")
-        samples = [(p, index[split_classes[t]]) for p, t in samples]
-    return FileDataset(samples, classes, f"folder:{wanted}")
+    scan = _scan_class_dirs(wanted, fence)
+    index = {c: i for i, c in enumerate(train.classes)}
+    extra = sorted(set(scan.classes) - set(index))
+    if extra:
+        raise VitkitError(f"{wanted}: classes {', '.join(extra)} do not exist in {train_dir}")
+    samples, leaked = [], []
+    for (p, t), real in zip(scan.samples, scan.real_paths, strict=True):
+        if real in train.files:
+            leaked.append(p)
+        else:
+            samples.append((p, index[scan.classes[t]]))
+    if leaked:
+        warnings.warn(
+            f"{wanted}: left out {len(leaked)} files that are training images too (the same file under "
+            f"{train_dir}), e.g. {leaked[0]}",
+            stacklevel=3,
+        )
+    if not samples:
+        raise VitkitError(f"{wanted}: no image files that are not also under {train_dir}")
+    return FileDataset(samples, list(train.classes), f"folder:{wanted}")
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
+import PIL
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
@@ -27,6 +28,8 @@ from vitkit.errors import VitkitError
 from vitkit.models.config import match_channels
 
 _PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+_SUPPORT = {Image.BILINEAR: 1.0, Image.BICUBIC: 2.0}  # the filters' half-widths, in pixels of the larger side
+_PIL_VERSION = tuple(int(part) for part in PIL.__version__.split(".")[:2])
 
 
 @dataclass(frozen=True)
@@ -167,16 +170,81 @@ def eval_geometry(h: int, w: int, spec: DataSpec) -> tuple[int, int, int, int]:
 
 
 def eval_resize_crop(img: Image.Image, spec: DataSpec) -> Image.Image:
-    """The evaluation resize + centre crop, computed on the source region the crop needs only: the same pixels as
-    resizing the whole image first, with memory bounded by the output (a 1 x 4000 image costs nothing more)."""
+    """The evaluation resize + centre crop of :func:`eval_geometry`, with memory bounded by the output.
+
+    The whole image is resized, then cropped (timm's computation, pixel for pixel), unless the resized image would be
+    far larger than the crop: a 1 x 4000 image would become 256 x 1,024,000 for a 224 crop. Then only the source
+    region the crop needs is resized (:func:`_region_resize_crop`).
+    """
     th, tw = spec.img_size
     w, h = img.size
     nh, nw, y0, x0 = eval_geometry(h, w, spec)
     if (nh, nw) == (h, w):
         return img.crop((x0, y0, x0 + tw, y0 + th))
+    resample = _PIL_INTERP.get(spec.interpolation, Image.BICUBIC)
+    if nh * nw <= WHOLE_RESIZE_LIMIT * th * tw:
+        return img.resize((nw, nh), resample).crop((x0, y0, x0 + tw, y0 + th))
+    return _region_resize_crop(img, resample, (nh, nw, y0, x0), (th, tw))
+
+
+WHOLE_RESIZE_LIMIT = 16  # resize the whole image while it has at most this many times the crop's pixels
+
+
+def _region_resize_crop(
+    img: Image.Image, resample: int, geometry: tuple[int, int, int, int], size: tuple[int, int]
+) -> Image.Image:
+    """Resize + crop computed on the source region the crop needs: the whole-image resize's pixels up to the float32
+    rounding of PIL's box coordinates.
+
+    The separable filter's two passes run as two calls, in the order PIL's whole-image resize takes them: PIL picks the
+    order of a call's passes from its sizes and rounds to 8 bits in between, so one region call could round
+    differently (by many grey levels where a bicubic overshoot is clipped).
+    """
+    (nh, nw, y0, x0), (th, tw) = geometry, size
+    w, h = img.size
+    if resample == Image.NEAREST:
+        return _nearest_region(img, nh, nw, y0, x0, th, tw)
     sx, sy = w / nw, h / nh  # source pixels per resized pixel
-    box = (x0 * sx, y0 * sy, (x0 + tw) * sx, (y0 + th) * sy)
-    return img.resize((tw, th), _PIL_INTERP.get(spec.interpolation, Image.BICUBIC), box=box)
+    if _vertical_first(w, h, nw, nh):
+        c0, c1 = _span(x0 * sx, (x0 + tw) * sx, sx, resample, w)
+        columns = img.resize((c1 - c0, th), resample, box=(c0, y0 * sy, c1, (y0 + th) * sy))  # vertical pass
+        return columns.resize((tw, th), resample, box=(x0 * sx - c0, 0, (x0 + tw) * sx - c0, th))  # horizontal
+    r0, r1 = _span(y0 * sy, (y0 + th) * sy, sy, resample, h)
+    rows = img.resize((tw, r1 - r0), resample, box=(x0 * sx, r0, (x0 + tw) * sx, r1))  # horizontal pass
+    return rows.resize((tw, th), resample, box=(0, y0 * sy - r0, tw, (y0 + th) * sy - r0))  # vertical pass
+
+
+def _span(start: float, end: float, scale: float, resample: int, size: int) -> tuple[int, int]:
+    """The source pixels [lo, hi) a pass reads for the output between source coordinates ``start`` and ``end``."""
+    reach = _SUPPORT[resample] * max(scale, 1.0) + 1  # the filter's half-width, and a margin for rounding
+    return max(math.floor(start - reach), 0), min(math.ceil(end + reach), size)
+
+
+def _vertical_first(w: int, h: int, nw: int, nh: int) -> bool:
+    """Whether PIL resizes a whole w x h image to nw x nh vertical pass first, which the region resize must follow:
+    PIL 13 does when the height loses more than twice the pixels the width loses, 12.2 when the image is over 100
+    times taller than wide and its height shrinks, older versions never."""
+    if _PIL_VERSION >= (13, 0):
+        return h - nh > 0 and h - nh > 2 * (w - nw)
+    if _PIL_VERSION >= (12, 2):
+        return h > w * 100 and nh < h
+    return False
+
+
+def _nearest_region(img: Image.Image, nh: int, nw: int, y0: int, x0: int, th: int, tw: int) -> Image.Image:
+    """Nearest neighbour at the source positions PIL's whole-image resize picks (it steps ``w / nw`` per pixel from
+    half a step, in float64), so exact ties between two source pixels fall the same way."""
+    w, h = img.size
+
+    def positions(size: int, new: int, start: int, count: int) -> np.ndarray:
+        step = size / new
+        at = np.add.accumulate(np.concatenate([[step * 0.5], np.full(start + count - 1, step)]))[start:]
+        return np.clip(at.astype(np.int64), 0, size - 1)
+
+    ys, xs = positions(h, nh, y0, th), positions(w, nw, x0, tw)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    a = np.asarray(img.crop(box))
+    return Image.fromarray(np.ascontiguousarray(a[ys - box[1]][:, xs - box[0]]))
 
 
 def eval_image(img: Image.Image, spec: DataSpec, normalize: bool = True) -> torch.Tensor:

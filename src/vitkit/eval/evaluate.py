@@ -5,7 +5,9 @@ normalise). In-memory data sets (IDX, CIFAR) are converted a whole batch at a ti
 are decoded one by one.
 """
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,24 +70,53 @@ def load_images(dataset: Any, indices: list[int], spec: DataSpec) -> torch.Tenso
     return _file_batch(dataset, indices, spec, normalize=False)[0]
 
 
-def load_dataset(source: str, split: str) -> Any:
-    """``vitkit.data.build_dataset`` (the training engine's source strings)."""
+def load_dataset(source: str, split: str, *, val_fraction: float = 0.0, seed: int = 0) -> Any:
+    """``vitkit.data.build_dataset`` (the training engine's source strings); give the training run's
+    ``val_fraction`` and ``seed`` so that split 'val' is the part that run held out."""
     from vitkit.data import build_dataset
 
-    return build_dataset(source, split)
+    return build_dataset(source, split, val_fraction=val_fraction, seed=seed)
+
+
+def run_split_settings(checkpoint: str | os.PathLike, data: str) -> tuple[float, int]:
+    """(val_fraction, seed) of the training run that wrote ``checkpoint`` (a run folder or its best/ or last/) when
+    it trained on ``data``; (0.0, 0) otherwise, the data set's default split."""
+    path = Path(checkpoint).expanduser()
+    for folder in (path, path.parent):
+        try:
+            cfg = json.loads((folder / "train_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict) and cfg.get("data") == data and not cfg.get("val_data"):
+            fraction, seed = cfg.get("val_fraction", 0.0), cfg.get("seed", 0)
+            if isinstance(fraction, (int, float)) and isinstance(seed, int) and 0 <= fraction < 1:
+                return float(fraction), seed
+        return 0.0, 0
+    return 0.0, 0
 
 
 def check_classes(model: Any, dataset: Any) -> list[str]:
-    """The class names to report; a head that does not match the data set's classes is an error."""
-    classes = list(getattr(dataset, "classes", []) or [])
+    """The class names to report. A head whose size, or whose recorded class names, do not match the data set's
+    classes is an error: with the same count but other names (a model trained on another data set, or on folders
+    sorted differently) every score would silently compare unrelated labels."""
+    classes = [str(c) for c in getattr(dataset, "classes", []) or []]
+    source = getattr(dataset, "source", "") or "being evaluated"
     if classes and model.num_classes != len(classes):
         raise VitkitError(
             f"the model predicts {model.num_classes} classes but the data set "
-            f"{getattr(dataset, 'source', '')} has {len(classes)} ({', '.join(classes[:5])}...)"
+            f"{source} has {len(classes)} ({', '.join(classes[:5])}...)"
         )
-    names = getattr(model, "class_names", None)
+    names = [str(n) for n in getattr(model, "class_names", None) or []]
+    if classes and len(names) == len(classes) and names != classes:
+        differ = [i for i, (a, b) in enumerate(zip(names, classes, strict=True)) if a != b]
+        i = differ[0]
+        raise VitkitError(
+            f"the model was trained on other classes than the data set {source} has: class {i} is {names[i]!r} "
+            f"for the model but {classes[i]!r} in the data ({len(differ)} of {len(classes)} names differ); "
+            "evaluate on data with the classes the model was trained on"
+        )
     if not classes:
-        classes = list(names) if names else [str(i) for i in range(model.num_classes)]
+        classes = names if len(names) == model.num_classes else [str(i) for i in range(model.num_classes)]
     return classes
 
 

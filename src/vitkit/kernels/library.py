@@ -36,6 +36,7 @@ from pathlib import Path
 
 from vitkit.errors import VitkitError
 from vitkit.settings import c_compiler_name, kernel_cache_dir
+from vitkit.utils.io import sha256_file
 
 SOURCE_DIR = Path(__file__).parent
 ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())  # the first one the compiler accepts
@@ -202,21 +203,13 @@ def _cpu_signature() -> str:
     return f"{platform.system()} {platform.machine()} {platform.processor()}\n{info}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified(path: Path) -> bool:
     """A regular file of this user that nobody else can write, whose bytes hash to the end of its name."""
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
             return False
-        return _sha256(path)[:16] == path.stem.rsplit("-", 1)[-1]
+        return sha256_file(path)[:16] == path.stem.rsplit("-", 1)[-1]
     except OSError:
         return False
 
@@ -241,7 +234,7 @@ def _compile(cc: str, args: tuple[str, ...], source: Path, folder: Path, prefix:
         if done.returncode != 0:
             return (done.stderr or done.stdout).strip()[-500:] or f"exit status {done.returncode}"
         os.chmod(tmp, 0o700)
-        target = folder / f"{prefix}-{_sha256(tmp_path)[:16]}.so"
+        target = folder / f"{prefix}-{sha256_file(tmp_path)[:16]}.so"
         os.replace(tmp, target)
         return target
     except OSError as e:

@@ -9,17 +9,23 @@ Data sources (``data`` / ``val_data``) are strings understood by :func:`vitkit.d
 """
 
 import dataclasses
+import functools
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vitkit.errors import VitkitError
-from vitkit.models.registry import parse_overrides
+from vitkit.models.config import LIMITS
+from vitkit.models.registry import get_entry, list_models, parse_overrides, replace_config
+from vitkit.utils.devices import DEVICE_NAMES, is_device_name
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 AUG_CHOICES = ("none", "flip", "randaugment", "trivialaugment")
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PROGRESS_CHOICES = ("auto", "bar", "log", "none")
+STRATEGY_CHOICES = ("ddp", "fsdp")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -82,42 +88,80 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     log_every: int = _f(50, "log a metrics line every N optimizer steps")
     eval_every_epochs: int = _f(1, "evaluate every N epochs (the last epoch always)")
-    progress: str = _f("auto", "progress bar: auto (only on a terminal) | bar | log | none")
+    progress: str = _f("auto", "progress bar: auto (only on a terminal) | bar | log | none", choices=PROGRESS_CHOICES)
     tensorboard: bool = _f(True, "also write TensorBoard event files when tensorboard is installed")
     deterministic: bool = _f(False, "use deterministic algorithms (slower; CPU runs are reproducible anyway)")
     compile: bool = _f(False, "torch.compile the model")
+    # --- several processes (torchrun) ----------------------------------------------------------
+    strategy: str = _f(
+        "ddp",
+        "with several processes: ddp (a full copy each) | fsdp (FSDP2: parameters, gradients and optimizer state "
+        "sharded per block; Distributed Checkpoints)",
+        choices=STRATEGY_CHOICES,
+    )
+    sync_bn: bool = _f(True, "with several processes, BatchNorm (CvT) uses the statistics of the global batch")
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> VitkitError:
-            return VitkitError(f"TrainConfig.{name}: {why} (got {getattr(self, name)!r})")
-
-        if self.amp not in AMP_CHOICES:
-            raise bad("amp", f"must be one of {', '.join(AMP_CHOICES)}")
-        if self.aug not in AUG_CHOICES:
-            raise bad("aug", f"must be one of {', '.join(AUG_CHOICES)}")
-        if self.progress not in ("auto", "bar", "log", "none"):
-            raise bad("progress", "must be auto, bar, log or none")
-        for name in ("epochs", "batch_size", "accum_steps", "log_every", "eval_every_epochs"):
-            if getattr(self, name) < 1:
-                raise bad(name, "must be >= 1")
-        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "clip_grad", "mixup", "cutmix"):
-            if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise bad("label_smoothing", "must be in [0, 1)")
-        if not 0 <= self.val_fraction < 1:
-            raise bad("val_fraction", "must be in [0, 1)")
-        if not 0 <= self.ema_decay < 1:
-            raise bad("ema_decay", "must be in [0, 1)")
-        if not 0 < self.layer_decay <= 1:
-            raise bad("layer_decay", "must be in (0, 1]")
-        if self.num_workers < 0 or self.img_size < 0 or self.in_chans < 0:
-            raise VitkitError("TrainConfig: num_workers, img_size and in_chans must be >= 0")
+        """The one check of every user value (flags, YAML/TOML/JSON files and Python all land here)."""
         if isinstance(self.betas, list):
             object.__setattr__(self, "betas", tuple(self.betas))
         if isinstance(self.model_args, dict):  # allow a mapping from Python / YAML
             object.__setattr__(self, "model_args", ",".join(f"{k}={v}" for k, v in self.model_args.items()))
-        parse_overrides(self.model_args)  # fail early on a malformed string
+        for f in dataclasses.fields(self):
+            _check_type(self, f.name, _field_types()[f.name])
+
+        def bad(name: str, why: str) -> VitkitError:
+            return VitkitError(f"{_flag(name)} ({name}): {why}, got {getattr(self, name)!r}")
+
+        for name, choices in (
+            ("amp", AMP_CHOICES),
+            ("aug", AUG_CHOICES),
+            ("progress", PROGRESS_CHOICES),
+            ("strategy", STRATEGY_CHOICES),
+        ):
+            if getattr(self, name) not in choices:
+                raise bad(name, f"must be one of {', '.join(choices)}")
+        if self.strategy == "fsdp" and self.amp == "fp16":
+            raise bad("amp", "fp16 (a gradient scaler) is not supported with strategy fsdp; use bf16")
+        if not is_device_name(self.device):
+            raise bad("device", f"must be {DEVICE_NAMES}")
+        for name in ("epochs", "batch_size", "accum_steps", "log_every", "eval_every_epochs"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        for name in ("max_train_samples", "max_val_samples", "early_stopping_patience", "checkpoint_every_steps"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0 (0 = off)")
+        if self.num_workers < 0:
+            raise bad("num_workers", "must be >= 0")
+        if not 0 <= self.seed < 2**63:
+            raise bad("seed", "must be in [0, 2**63)")
+        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "clip_grad", "mixup", "cutmix"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "must be a finite number >= 0")
+        if not (math.isfinite(self.time_limit_minutes) and self.time_limit_minutes >= 0):
+            raise bad("time_limit_minutes", "must be a finite number >= 0 (0 = no limit)")
+        for name in ("label_smoothing", "val_fraction", "ema_decay", "drop_path_rate"):
+            if not 0 <= getattr(self, name) < 1:  # also false for nan
+                raise bad(name, "must be in [0, 1)")
+        if not 0 < self.layer_decay <= 1:
+            raise bad("layer_decay", "must be in (0, 1]")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise bad("betas", "each must be in [0, 1)")
+        lo, hi = LIMITS["img_size"]
+        if self.img_size != 0 and not lo <= self.img_size <= hi:
+            raise bad("img_size", f"must be 0 (the model's own) or in [{lo:g}, {hi:g}]")
+        if self.in_chans not in (0, 1, 3):  # the data pipeline feeds 1 (grey) or 3 (RGB) channels
+            raise bad("in_chans", "must be 0 (the data's own), 1 or 3")
+        if not self.output_dir.strip():
+            raise bad("output_dir", "must name a directory")
+        if not self.model and not self.pretrained:
+            raise bad("model", "give a model name (or --pretrained SOURCE)")
+        try:  # fail early on a malformed string, or on a value the model's config refuses (depth=10**9)
+            overrides = parse_overrides(self.model_args)
+            if self.model in list_models() and not self.pretrained:
+                replace_config(get_entry(self.model).config, **overrides)
+        except VitkitError as e:
+            raise VitkitError(f"{_flag('model_args')} (model_args): {e}") from None
 
     # --- conversions -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +204,39 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _check_type(cfg: "TrainConfig", name: str, tp: Any) -> None:
+    """The value of field ``name`` has the field's type (an int where a float is wanted becomes a float)."""
+    value = getattr(cfg, name)
+    try:
+        if typing.get_origin(tp) is tuple:  # betas: a pair of numbers
+            size = len(typing.get_args(tp))
+            if not (isinstance(value, tuple) and len(value) == size and all(map(_is_number, value))):
+                raise VitkitError(f"{_flag(name)} ({name}): expected {size} numbers, got {value!r}")
+            object.__setattr__(cfg, name, tuple(float(v) for v in value))
+        elif tp is float and _is_number(value):
+            object.__setattr__(cfg, name, float(value))
+        elif not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise VitkitError(f"{_flag(name)} ({name}): expected {_KINDS.get(tp, tp)}, got {value!r}")
+    except OverflowError:  # an int too large for a float
+        raise VitkitError(f"{_flag(name)} ({name}): the number is too large") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass

@@ -8,9 +8,13 @@ epoch and the epoch's running sums), and nothing else touches the global RNG.
 
 import dataclasses
 import math
+import os
 import random
+import shutil
 import time
+import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,9 +30,9 @@ from vitkit.errors import CheckpointError, VitkitError
 from vitkit.factory import create_model
 from vitkit.hub import from_pretrained
 from vitkit.models.registry import parse_overrides
-from vitkit.train import distributed
+from vitkit.train import dcp, distributed, sharding
 from vitkit.train.config import TrainConfig, TrainResult
-from vitkit.train.optim import ModelEma, WarmupCosine, param_groups
+from vitkit.train.optim import ModelEma, WarmupCosine, adamw, param_groups
 from vitkit.train.progress import MetricsLog, Progress
 from vitkit.train.state import (
     STATE_JSON,
@@ -63,6 +67,15 @@ def build_datasets(cfg: TrainConfig):
         raise VitkitError(
             f"validation classes {val_ds.classes[:5]}... differ from training classes {train_ds.classes[:5]}..."
         )
+    if cfg.val_data and hasattr(train_ds, "samples") and hasattr(val_ds, "samples"):
+        train_files = {os.path.realpath(p) for p, _ in train_ds.samples}
+        shared = [p for p, _ in val_ds.samples if os.path.realpath(p) in train_files]
+        if shared:
+            warnings.warn(
+                f"--val-data: {len(shared)} of {len(val_ds)} validation files are also training files "
+                f"(e.g. {shared[0]}); the validation score will be optimistic",
+                stacklevel=2,
+            )
     rng = np.random.default_rng(_mix(cfg.seed, 7))
     if cfg.max_train_samples and cfg.max_train_samples < len(train_ds):
         train_ds = train_ds.subset(np.sort(rng.permutation(len(train_ds))[: cfg.max_train_samples]))
@@ -79,8 +92,6 @@ def model_for_training(cfg: TrainConfig, num_classes: int, in_chans: int):
     kwargs |= parse_overrides(cfg.model_args)
     if cfg.pretrained and not cfg.model:
         return from_pretrained(cfg.pretrained, **kwargs).train()
-    if not cfg.model:
-        raise VitkitError("TrainConfig.model: give a model name (or pretrained=SOURCE)")
     return create_model(cfg.model, pretrained=cfg.pretrained or None, **kwargs)
 
 
@@ -97,20 +108,27 @@ def autocast(device: torch.device, amp: str):
 
 @torch.no_grad()
 def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dict[str, float]:
-    """Loss (plain cross-entropy), top-1 and top-5 accuracy over the whole split, summed across ranks."""
+    """Loss (plain cross-entropy), top-1 and top-5 accuracy over the whole split, summed across ranks.
+
+    A split of which no image could be read is an error: its scores would be those of no data at all.
+    """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, correct@1, correct@5, count
-    for x, y, _ in loader.batches(0):
-        if len(y) == 0:
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, correct@1, correct@5, count, skipped
+    sharded = sharding.is_sharded(model)
+    for x, y, skipped in sharding.lockstep_batches(loader, info) if sharded else loader.batches(0):
+        sums[4] += skipped
+        if len(y) == 0 and not sharded:
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
+        if len(y) == 0:  # a stand-in batch that kept this process in step with the others
+            continue
         logits = logits.float()
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices
-        sums += torch.tensor(
+        sums[:4] += torch.tensor(
             [
                 F.cross_entropy(logits, y, reduction="sum").item(),
                 (top[:, 0] == y).sum().item(),
@@ -121,8 +139,76 @@ def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dic
         )
     sums = distributed.all_reduce_sum(sums, info)
     model.train(was_training)
-    n = max(sums[3].item(), 1.0)
+    if sums[3] == 0:
+        raise VitkitError(
+            f"validation saw no image: every one of the {int(sums[4].item())} validation images was unreadable "
+            f"({getattr(loader.dataset, 'source', '')}); no score, so no best/ checkpoint"
+        )
+    n = sums[3].item()
     return {"loss": sums[0].item() / n, "acc": sums[1].item() / n, "top5": sums[2].item() / n}
+
+
+def check_images(dataset, info: distributed.DistInfo, skip_bad_images: bool) -> tuple[Any, list[str]]:
+    """Decode every image of a file data set once (in threads, each rank a share), before any training step.
+
+    A bad file in the validation split would otherwise stop a run at its first evaluation, after a whole epoch of
+    training. Without ``skip_bad_images`` the first bad file is an error; with it, the bad files are dropped and their
+    errors returned. In-memory arrays need no check.
+    """
+    if getattr(dataset, "in_memory", True) or not hasattr(dataset, "samples"):
+        return dataset, []
+
+    def problem(i: int) -> tuple[int, str] | None:
+        try:
+            dataset[i]
+        except VitkitError as e:
+            return i, (str(e).splitlines() or [type(e).__name__])[0]
+        return None
+
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        bad = [r for r in pool.map(problem, range(info.rank, len(dataset), info.world_size)) if r is not None]
+    finally:  # on Ctrl-C, do not wait for the images still queued
+        pool.shutdown(wait=False, cancel_futures=True)
+    if info.enabled:
+        shares: list[Any] = [None] * info.world_size
+        torch.distributed.all_gather_object(shares, bad)
+        bad = sorted(r for share in shares for r in share)
+    if not bad:
+        return dataset, []
+    source = getattr(dataset, "source", "") or "the validation data"
+    if not skip_bad_images:
+        raise VitkitError(
+            f"{bad[0][1]} (validation data {source}: {len(bad)} unreadable of {len(dataset)}, found before "
+            "training; skip_bad_images (--skip-bad-images) drops them)"
+        )
+    if len(bad) == len(dataset):
+        raise VitkitError(
+            f"every image of the validation data {source} is unreadable ({len(bad)} files), e.g. {bad[0][1]}"
+        )
+    dropped = {i for i, _ in bad}
+    keep = np.array([i for i in range(len(dataset)) if i not in dropped], dtype=np.int64)
+    return dataset.subset(keep), [msg for _, msg in bad]
+
+
+_RUN_FILES = ("metrics.jsonl", "train_config.json")
+_RUN_DIRS = ("best", "last", "final", "plots", "tensorboard")
+
+
+def remove_run(out: Path) -> None:
+    """Delete what an earlier training run wrote in ``out`` (``overwrite_output_dir``), and nothing else, so the new
+    run's files are never mixed with the old run's."""
+    if not out.is_dir():
+        return
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    checkpoints = [f".{d}.{suffix}" for d in ("best", "last", "final") for suffix in ("tmp", "old", "shards.tmp")]
+    for path in out.iterdir():
+        if path.name in _RUN_DIRS or path.name in checkpoints or (path.name.startswith("eval") and path.is_dir()):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -145,6 +231,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
 
     # 1. where to resume from (decided before anything is written)
     resume_dir = None
+    if not cfg.resume and distributed.restart_count() > 0:  # torchrun restarted the job: continue where it was
+        cfg = cfg.replace(resume="auto")
     if cfg.resume:
         wanted = out / "last" if cfg.resume in ("auto", "last") else Path(cfg.resume)
         if not (wanted / STATE_JSON).is_file() and ((wanted / "last").is_dir() or (wanted / ".last.old").is_dir()):
@@ -152,15 +240,18 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         resume_dir = find_checkpoint(wanted)
         if resume_dir is None and cfg.resume not in ("auto", "last"):
             raise CheckpointError(f"cannot resume: {wanted} is not a complete training checkpoint")
-    elif find_checkpoint(out / "last") is not None and not cfg.overwrite_output_dir:
+    elif not cfg.overwrite_output_dir and find_checkpoint(out / "last") is not None:
         raise VitkitError(
             f"{out} already holds a training run; pass resume='auto' (--resume auto) to continue it, "
             "overwrite_output_dir=True to start again, or another output_dir"
         )
 
-    # 2. data
+    # 2. data (every validation image decoded once, so a bad file shows up before any training)
     seed_everything(cfg.seed)
     train_ds, val_ds = build_datasets(cfg)
+    val_ds, bad_val = check_images(val_ds, info, cfg.skip_bad_images)
+    if bad_val:
+        say(f"skipped {len(bad_val)} unreadable validation image(s), e.g. {bad_val[0]}")
     classes = list(train_ds.classes)
     in_chans = cfg.in_chans or train_ds.channels
 
@@ -195,16 +286,14 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
     batches_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    net = sharding.distribute(model, ema.module if ema is not None else None, cfg, info)  # DDP, or FSDP in place
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     if not groups:
         raise VitkitError("no trainable parameters (is everything frozen?)")
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = adamw(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = WarmupCosine(optimizer, cfg.lr, cfg.min_lr, round(cfg.warmup_epochs * steps_per_epoch), total_steps)
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-    net = model
-    if info.enabled:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     fwd = torch.compile(net) if cfg.compile else net
 
     # 5. state that a checkpoint restores
@@ -214,12 +303,16 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
     running = [0.0, 0.0, 0.0, 0.0]  # this epoch: loss sum, correct, images, skipped images
     if resume_dir is not None:
         state, tensors, _ = load_checkpoint(resume_dir)
-        _check_compatible(state["config"], cfg, resume_dir)
-        model.load_state_dict(load_model_weights(resume_dir))
-        load_optimizer_state(optimizer, state["optimizer"], tensors)
+        _check_compatible(state, cfg, resume_dir, info.world_size)
+        if dcp.has_shards(resume_dir) or sharding.is_sharded(model):
+            dcp.load(resume_dir, state, tensors, model, optimizer, ema.module if ema is not None else None, info)
+        else:
+            model.load_state_dict(load_model_weights(resume_dir))
+            load_optimizer_state(optimizer, state["optimizer"], tensors)
+            if ema is not None:
+                ema.module.load_state_dict({k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")})
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
-            ema.module.load_state_dict({k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")})
             ema.updates = state["ema_updates"]
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -227,35 +320,52 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         if info.rank and f"rng.torch.rank{info.rank}" in tensors:
             torch.set_rng_state(tensors[f"rng.torch.rank{info.rank}"])
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
-        history, best, running = state["history"], state["best"], state["running"]
+        history, best, running = state["history"], state["best"], _running_share(state, info)
         say(f"resumed from {resume_dir}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
+
+    # Everything that can fail early (settings, data, model, the checkpoint to resume) has been checked: only now is
+    # the output directory touched, so a run that cannot start leaves an earlier run there as it was.
+    if main:
+        if resume_dir is None and cfg.overwrite_output_dir:
+            remove_run(out)
+        out.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out, cfg.tensorboard, enabled=main)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume_dir is None and cfg.overwrite_output_dir and log.path.exists():
-            log.path.unlink()
         log.truncate_after(step)
         atomic_write_json(out / "train_config.json", cfg.to_dict())
+    first_record: dict[str, Any] = {"skipped_val_images": len(bad_val)} if bad_val else {}
+
+    def write_record(record: dict[str, Any]) -> None:
+        """A metrics line; the first one of the run also carries what the start-up checks found."""
+        log.write({**record, **first_record})
+        first_record.clear()
+
     say(
         f"model {getattr(model, 'model_name', None) or cfg.pretrained}: {model.num_params() / 1e6:.2f}M params "
         f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable), input {spec.in_chans}x{spec.img_size}; "
         f"data {len(train_ds)} train / {len(val_ds)} val, {len(classes)} classes; device {device}"
-        + (f" x {info.world_size} processes" if info.enabled else "")
+        + (f" x {info.world_size} processes ({cfg.strategy})" if info.enabled else "")
+        + f"; global batch {cfg.batch_size * info.world_size * cfg.accum_steps}"
     )
 
     def checkpoint(name: str, *, at_epoch: int, at_batch: int, weights=None, full: bool = True) -> Path | None:
         """Everything needed to continue from (epoch, batch); written on rank 0 only."""
         rng_json, rng_tensors = rng_state()
         if info.enabled:  # every rank's torch RNG, so drop-path noise continues per rank
-            states = [torch.empty_like(rng_tensors["rng.torch"]) for _ in range(info.world_size)]
-            torch.distributed.all_gather_object(states, rng_tensors["rng.torch"])
+            states = distributed.gather_objects(rng_tensors["rng.torch"], info)
             rng_tensors |= {f"rng.torch.rank{r}": s for r, s in enumerate(states) if r}
+        # collectives first (every rank): each rank's running sums, the shards of a Distributed Checkpoint, the full
+        # weights of a sharded model
+        running_by_rank = distributed.gather_objects(list(running), info)
+        ema_model = ema.module if ema is not None else None
+        shards = dcp.save(out / name, model, optimizer, ema_model, info) if full and cfg.strategy == "fsdp" else None
+        full_weights = sharding.full_state_dict(weights if weights is not None else model)
         if not main:
             return None
-        opt_json, tensors = optimizer_state(optimizer) if full else ({}, {})
+        opt_json, tensors = optimizer_state(optimizer) if full and shards is None else ({}, {})
         if full:
             tensors |= rng_tensors
-            if ema is not None:
+            if ema is not None and shards is None:
                 tensors |= {f"ema.{k}": v for k, v in ema.module.state_dict().items()}
         state = {
             "config": cfg.to_dict(),
@@ -265,7 +375,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             "metrics": history[-1] if history else {},
             "history": history,
             "best": best,
-            "running": running,
+            "running": [sum(v) for v in zip(*running_by_rank, strict=True)],  # over every rank
+            "running_by_rank": running_by_rank,
             "scheduler": scheduler.state_dict(),
             "optimizer": opt_json,
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -274,7 +385,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             "world_size": info.world_size,
             "ema_updates": ema.updates if ema is not None else 0,
         }
-        return save_checkpoint(out / name, model, state=state, tensors=tensors, weights=weights)
+        return save_checkpoint(
+            out / name, model, state=state, tensors=tensors, weights=weights, state_dict=full_weights, shards=shards
+        )
 
     def emit(event: str, payload: dict[str, Any]) -> None:
         for cb in callbacks:
@@ -295,13 +408,20 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         )
         bar.n = batch_in_epoch // cfg.accum_steps
         group_loss = torch.zeros(3, dtype=torch.float64)  # loss sum, images, non-finite flag
+        group_ran = False  # a batch of this accumulation group went through backward
         b = batch_in_epoch - 1
         for b, (x, y, skipped) in enumerate(train_loader.batches(epoch, start=batch_in_epoch), start=batch_in_epoch):
             group_start = b - b % cfg.accum_steps
             group_size = min(cfg.accum_steps, batches_per_epoch - group_start)
             last_in_group = b - group_start == group_size - 1
             running[3] += skipped
-            if len(y):
+            usable = len(y) > 0
+            if cfg.skip_bad_images and info.enabled:
+                # DDP's backward waits for every rank: a batch all of whose images one rank had to skip is
+                # dropped on every rank, or the ranks that have images would wait for that one forever
+                usable = distributed.all_reduce_min(torch.tensor([float(len(y))]), info).item() > 0
+            if usable:
+                group_ran = True
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 mix_rng = np.random.default_rng(_mix(cfg.seed, epoch, b, info.rank, 11))
                 x, target = mixup_cutmix(
@@ -313,7 +433,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                     smoothing=cfg.label_smoothing,
                     rng=mix_rng,
                 )
-                sync = net.no_sync() if info.enabled and not last_in_group else nullcontext()
+                # DDP all-reduces once per group; FSDP reduce-scatters every batch into the gradient shards
+                ddp = isinstance(net, DistributedDataParallel)
+                sync = net.no_sync() if ddp and not last_in_group else nullcontext()
                 with sync:
                     with autocast(device, cfg.amp):
                         logits = fwd(x)
@@ -332,6 +454,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                 continue
 
             # one optimizer step per accumulation group
+            if isinstance(net, DistributedDataParallel) and group_ran and not usable:  # the syncing batch was dropped
+                distributed.average_gradients(model, info)
+            group_ran = False
             over_time = cfg.time_limit_minutes > 0 and time.perf_counter() - start_time > cfg.time_limit_minutes * 60
             flags = distributed.all_reduce_sum(torch.cat([group_loss, torch.tensor([float(over_time)])]), info)
             if flags[2] > 0:
@@ -344,7 +469,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if cfg.clip_grad > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad).item()
+                grad_norm = sharding.clip_grad_norm(model.parameters(), cfg.clip_grad)
             else:
                 grad_norm = float("nan")
             if scaler is not None:
@@ -366,7 +491,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                 lr=scheduler.get_last_lr(),
             )
             if step % cfg.log_every == 0:
-                log.write(
+                write_record(
                     {
                         "type": "train",
                         "step": step,
@@ -388,6 +513,11 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         # end of epoch (or early stop): evaluate, record, checkpoint
         finished_epoch = stop_reason is None or b + 1 >= batches_per_epoch
         sums = distributed.all_reduce_sum(torch.tensor(running, dtype=torch.float64), info)
+        if sums[2] == 0:
+            raise VitkitError(
+                f"epoch {epoch + 1} trained on no image: every image was unreadable ({int(sums[3].item())} skipped "
+                f"with skip_bad_images) in {cfg.data}; nothing was learned, so no best/ checkpoint is written"
+            )
         record: dict[str, Any] = {
             "type": "epoch",
             "epoch": epoch + 1 if finished_epoch else epoch + (b + 1) / batches_per_epoch,
@@ -399,6 +529,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         }
         if sums[3] > 0:
             record["skipped_images"] = int(sums[3].item())
+        record["param_optimizer_bytes"] = sharding.param_optimizer_bytes(model, optimizer, info)
         if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs or not finished_epoch:
             val = validate(model, val_loader, device, cfg.amp, info)
             record |= {f"val_{k}": v for k, v in val.items()}
@@ -421,7 +552,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                 stop_reason = f"early stopping: no better val accuracy for {best['bad_epochs']} evaluations"
         history.append(record)
         metrics = record
-        log.write(record)
+        write_record(record)
         say(
             f"epoch {record['epoch']:.4g}: "
             + " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "val_")))
@@ -467,18 +598,38 @@ _RESUME_MAY_CHANGE = {
     "output_dir",
     "eval_every_epochs",
     "compile",
+    "strategy",
+    "batch_size",  # per process: what must stay is the global batch, checked on its own
 }
 
 
-def _check_compatible(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
-    now = cfg.to_dict()
+def _check_compatible(state: dict[str, Any], cfg: TrainConfig, where: Path, world_size: int) -> None:
+    """The settings that shape the saved state are those of the checkpoint; the number of processes may change
+    when the global batch (``batch_size`` x processes) does not."""
+    saved, now = state["config"], cfg.to_dict()
     diff = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}"
         for k in now
         if k not in _RESUME_MAY_CHANGE and k in saved and _norm(saved[k]) != _norm(now[k])
     ]
+    saved_world = state.get("world_size", 1)
+    if "batch_size" in saved and saved["batch_size"] * saved_world != cfg.batch_size * world_size:
+        diff.append(
+            f"global batch: checkpoint {saved['batch_size']} x {saved_world} process(es) vs now "
+            f"{cfg.batch_size} x {world_size} (set batch_size so that batch_size x processes stays "
+            f"{saved['batch_size'] * saved_world})"
+        )
     if diff:
         raise CheckpointError(f"cannot resume from {where}: settings changed ({'; '.join(diff)})")
+
+
+def _running_share(state: dict[str, Any], info: distributed.DistInfo) -> list[float]:
+    """This rank's part of the epoch's running sums in a checkpoint: its own when the number of processes is the
+    same, else the total on rank 0 (they are summed over ranks at the end of the epoch)."""
+    shares = state.get("running_by_rank") or [state["running"]]
+    if len(shares) == info.world_size:
+        return list(shares[info.rank])
+    return list(state["running"]) if info.is_main else [0.0] * len(state["running"])
 
 
 def _norm(v: Any) -> Any:

@@ -6,6 +6,8 @@
       training_state.safetensors  optimizer moments, EMA weights, torch/CUDA RNG states
       trainer_state.json        TrainConfig, epoch, step, batch in epoch, metrics, history, scheduler,
                                 optimizer hyper-parameters, numpy/python RNG states, SHA-256 of the files
+      dcp/                      (--strategy fsdp) model, optimizer and EMA as a Distributed Checkpoint: each
+                                process wrote its shards; the moments are then not in training_state.safetensors
 
 A checkpoint is written into a temporary sibling directory (every file fsynced), then swapped in
 with renames; ``trainer_state.json`` is written last, so a directory without it is incomplete. A crash
@@ -13,11 +15,14 @@ at any point leaves the previous checkpoint (or, between the two renames, ``.<na
 :func:`find_checkpoint` recovers).
 """
 
-import hashlib
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +33,12 @@ from safetensors.torch import load_file
 
 from vitkit.errors import CheckpointError
 from vitkit.hub import save_pretrained
-from vitkit.utils.io import atomic_save_safetensors, atomic_write_json
+from vitkit.utils.io import atomic_save_safetensors, atomic_write_json, sha256_file
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "training_state.safetensors"
+SHARDS_DIR = "dcp"
 FORMAT_VERSION = 1
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -109,32 +107,86 @@ def save_checkpoint(
     state: dict[str, Any],
     tensors: dict[str, torch.Tensor],
     weights: torch.nn.Module | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    shards: dict[str, str] | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``directory`` (replacing an older one only once the new one is whole).
 
-    ``weights`` (e.g. the EMA model) goes into model.safetensors instead of ``model`` when given.
+    ``weights`` (e.g. the EMA model) goes into model.safetensors instead of ``model`` when given; ``state_dict``
+    instead of its own state dict (full weights gathered from a sharded model). ``shards`` ({``dcp/<file>``:
+    SHA-256}) are the files every process wrote into :func:`shards_tmp` (``directory``'s Distributed Checkpoint):
+    they move into the checkpoint as ``dcp/`` and are listed in its manifest. A write that fails
+    (disk full, no permission) is a :class:`CheckpointError` that leaves the previous checkpoint in place and no
+    temporary folder behind; Ctrl-C during the write takes effect once it is complete.
     """
     directory = Path(directory)
     parent = directory.parent
-    parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{directory.name}.tmp"
     old = parent / f".{directory.name}.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_pretrained(weights if weights is not None else model, tmp, extra={"training": {"epoch": state.get("epoch")}})
-    atomic_save_safetensors(tmp / STATE_TENSORS, tensors, metadata={"format": "pt"})
-    files = {n: _sha256(tmp / n) for n in ("model.safetensors", STATE_TENSORS, "config.json")}
-    atomic_write_json(tmp / STATE_JSON, {"format_version": FORMAT_VERSION, **state, "sha256": files})
-    _fsync_dir(tmp)
-    if directory.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    _fsync_dir(parent)
-    if old.exists():
-        shutil.rmtree(old)
+    had_previous = (directory / STATE_JSON).is_file()
+    try:
+        with _sigint_deferred():
+            parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            weights = weights if weights is not None else model
+            extra = {"training": {"epoch": state.get("epoch")}}
+            save_pretrained(weights, tmp, extra=extra, state_dict=state_dict)
+            atomic_save_safetensors(tmp / STATE_TENSORS, tensors, metadata={"format": "pt"})
+            files = {n: sha256_file(tmp / n) for n in ("model.safetensors", STATE_TENSORS, "config.json")}
+            if shards is not None:
+                os.replace(shards_tmp(directory), tmp / SHARDS_DIR)
+                _fsync_dir(tmp / SHARDS_DIR)
+                files |= shards
+            atomic_write_json(tmp / STATE_JSON, {"format_version": FORMAT_VERSION, **state, "sha256": files})
+            _fsync_dir(tmp)
+            if directory.exists():
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(directory, old)
+            os.replace(tmp, directory)
+            _fsync_dir(parent)
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if shards is not None:
+            shutil.rmtree(shards_tmp(directory), ignore_errors=True)
+        if not directory.exists() and (old / STATE_JSON).is_file():
+            with contextlib.suppress(OSError):  # the swap failed halfway: put the previous checkpoint back
+                os.replace(old, directory)
+        if not isinstance(e, OSError):
+            raise
+        reason = e.strerror or str(e) or type(e).__name__
+        kept = f"the previous checkpoint {directory} is intact" if had_previous else "no earlier checkpoint was there"
+        raise CheckpointError(f"could not write checkpoint {directory}: {reason}; {kept}") from None
     return directory
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block and deliver it at the end, so a checkpoint is never left
+    half-swapped by an interrupt. Only the main thread can install signal handlers; elsewhere this does nothing."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # not the main thread, or a handler installed outside Python that cannot be put back
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def shards_tmp(directory: str | os.PathLike) -> Path:
+    """Where the processes write a checkpoint's Distributed Checkpoint files before it is assembled."""
+    directory = Path(directory)
+    return directory.parent / f".{directory.name}.shards.tmp"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -162,7 +214,10 @@ def find_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
-    """Read and verify a checkpoint: (trainer state, training tensors, directory). Nothing is modified."""
+    """Read and verify a checkpoint: (trainer state, training tensors, directory). Nothing is modified.
+
+    The files of ``dcp/`` are verified where they are loaded (each process a share: ``vitkit.train.dcp``).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint {directory} does not exist")
@@ -174,10 +229,12 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt ({e})") from None
     for name, digest in state.get("sha256", {}).items():
+        if name.startswith(SHARDS_DIR + "/"):
+            continue
         f = directory / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing from the checkpoint")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointError(f"{f}: corrupt or truncated (SHA-256 does not match {STATE_JSON})")
     try:
         tensors = load_file(str(directory / STATE_TENSORS))

@@ -15,6 +15,7 @@ import torch
 from vitkit.data import DataSpec, Loader, build_dataset
 from vitkit.factory import create_model
 from vitkit.models.registry import parse_overrides
+from vitkit.train.optim import adamw
 
 
 class _AsFiles:
@@ -54,7 +55,7 @@ def measure(model_name: str, data: str, batch_size: int, aug: str, batches: int,
         pil_loader = Loader(_AsFiles(ds), spec, batch_size=batch_size, train=True, aug=aug, num_workers=workers)
         out["loader_pil_img_s"] = _rate(pil_loader, batches)
         out["pil_workers"] = workers
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), lr=1e-4)
     x = torch.randn(batch_size, *spec_shape(spec))
     y = torch.randint(0, len(ds.classes), (batch_size,))
     model.train()

@@ -1,5 +1,6 @@
 """Atomic file writes: a crash never leaves a half-written file where a good one was."""
 
+import hashlib
 import json
 import os
 import tempfile
@@ -11,14 +12,42 @@ import torch
 from safetensors.torch import save_file
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: set and restore (restrictive in between, in case another thread creates files)
+    os.umask(mask)
+    return mask
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (checkpoints and kernel libraries are verified by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename over ``path``.
+
+    The file gets the mode a plain ``open()`` would give it (0o666 minus the umask), not mkstemp's private 0o600,
+    so checkpoints and reports can be shared the way the user's other files are.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # after writing: a writer may have replaced the file
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
