@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vitkit.errors import CheckpointError
-from vitkit.layers.attention import AttentionMap, get_attention_maps
+from vitkit.layers.attention import AttentionMap, record_attention
 from vitkit.models.config import ModelConfig, to_2tuple
 from vitkit.models.features import FeatureInfo, check_output_fmt, feature_take_indices, format_level
 
@@ -137,7 +137,11 @@ class VisionModel(nn.Module):
 
     def get_attention_maps(self, x: torch.Tensor) -> list[AttentionMap]:
         """Attention weights of every layer for input ``x``; see :class:`vitkit.layers.AttentionMap`."""
-        return get_attention_maps(self, x)
+        return self.forward_with_attention(x)[0]
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[list[AttentionMap], torch.Tensor]:
+        """The attention weights of every layer and the logits, from one forward pass (explanations need both)."""
+        return record_attention(self, x)
 
     @property
     def num_classes(self) -> int:

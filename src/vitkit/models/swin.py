@@ -197,12 +197,11 @@ class WindowAttention(nn.Module, RecordsAttention):
         bias = bias.expand(nW, heads, N, N).reshape(1, nW * heads, N, N)  # the same for every image
         dropout_p, bias = self.attn_drop if self.training else 0.0, bias.to(q.dtype)
         out, weights = attention(
-            q, k, v, scale=self.scale, attn_bias=bias, dropout_p=dropout_p, need_weights=self.record_attention
-        )
+            q, k, v, scale=self.scale, attn_bias=bias, dropout_p=dropout_p, need_weights=self.record_attention,
+            weights_shape=(B, nW, heads, N, N),
+        )  # fmt: skip
         if weights is not None:
-            self.store_attention(
-                weights.reshape(B, nW, heads, N, N), window_size=window, stage=self.stage_idx, block=self.block_idx
-            )
+            self.store_attention(weights, window_size=window, stage=self.stage_idx, block=self.block_idx)
         out = out.view(B, nW, heads, N, C // heads).transpose(2, 3).reshape(B, nW, N, C)  # heads side by side
         return self.proj_drop(self.proj(out))
 

@@ -234,10 +234,14 @@ class VisionTransformer(VisionModel):
 
     def get_attention_maps(self, x):
         """Per block: weights (B, heads, 1+N, 1+N); token 0 is [CLS], then patches in raster order."""
-        maps = super().get_attention_maps(x)
+        return super().get_attention_maps(x)
+
+    def forward_with_attention(self, x):
+        """The maps of :meth:`get_attention_maps` (``meta``: grid, num_prefix_tokens) and the logits."""
+        maps, logits = super().forward_with_attention(x)
         for m in maps:
             m.meta.update(grid=self.grid(x), num_prefix_tokens=self.num_prefix_tokens)
-        return maps
+        return maps, logits
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
