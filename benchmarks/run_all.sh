@@ -34,3 +34,6 @@ uptime
 # 4. faster modes on Fashion-MNIST (accuracy cost and speed on a small model)
 python benchmarks/modes.py --threads 2 --out "$OUT"
 uptime
+# 5. vitkit serve under load: batching on / off, overload, memory over 10,000 requests
+python benchmarks/serve.py --threads 1 --clients 16 --seconds 20 --out "$OUT/serve"
+uptime

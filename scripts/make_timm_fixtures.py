@@ -12,6 +12,13 @@ Every fixture is a directory in timm's own hub format, written by ``timm.models.
 pre-logits) and ``meta.json`` (versions, model_args, the sizes and how each was computed).
 tests/fixtures/timm/README.md describes the layout. All parameters are random (LayerNorm weights and
 biases too), drawn from a fixed seed; reference outputs are computed in float64 and stored as float32.
+
+With ``--features`` it writes (only) the intermediate-feature fixtures, tests/fixtures/timm_features/<name>/:
+timm's ``forward_intermediates`` and ``features_only`` outputs for the weights and inputs already committed in
+tests/fixtures/timm/<name>/ (which it reads and does not change); tests/fixtures/timm_features/README.md
+describes them.
+
+    python3 scripts/make_timm_fixtures.py --features --env /tmp/vitkit-timm-env
 """
 
 import argparse
@@ -22,11 +29,13 @@ import sys
 import zlib
 from pathlib import Path
 
-# The versions the committed fixtures were made with; the env is built with exactly these.
-PINS = {"torch": "2.15.0", "torchvision": "0.29.2", "timm": "1.0.31", "safetensors": "0.8.0"}
+# The versions the env is built with (the features fixtures were made with these; the model fixtures with
+# torch 2.15.0 / torchvision 0.29.2, as their meta.json records).
+PINS = {"torch": "2.14.1", "torchvision": "0.29.1", "timm": "1.0.31", "safetensors": "0.8.0"}
 DEFAULT_ENV = "/tmp/vitkit-timm-env"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "tests" / "fixtures" / "timm"
+DEFAULT_FEATURES_OUT = ROOT / "tests" / "fixtures" / "timm_features"
 BATCH = 2  # two images catch batch/window mix-ups; the 64 px fixture uses one to stay small
 BATCH_OF = {"swin_3stage": 1}
 
@@ -213,11 +222,130 @@ def make_fixture(name: str, arch: str, args: dict, extra_sizes: list, out_root: 
     print(f"{name:20s} {meta['num_params']:7d} params {total / 1024:6.1f} KiB  sizes {[e['size'] for e in sizes]}")
 
 
+# --- intermediate features -------------------------------------------------------------------------
+def _timm_models(name: str, models_root: Path):
+    """timm's model of a committed fixture (its config.json's model_args, its weights) and the same weights in a
+    model built with dynamic_img_size=True, as make_fixture used them."""
+    import timm
+    from safetensors.torch import load_file
+
+    config = json.loads((models_root / name / "config.json").read_text())
+    arch, args = FIXTURES[name][0], FIXTURES[name][1]
+    weights = load_file(str(models_root / name / "model.safetensors"))
+    built = []
+    for extra in ({}, {"dynamic_img_size": True}):
+        model = timm.create_model(arch, pretrained=False, **args, **extra).eval()
+        model.load_state_dict(weights, strict=True)
+        built.append(model)
+    assert config["architecture"] == arch
+    return built
+
+
+def _features_only(name: str, models_root: Path, size_is_native: bool, out_indices):
+    import timm
+
+    arch, args = FIXTURES[name][0], FIXTURES[name][1]
+    extra = {} if size_is_native else {"dynamic_img_size": True}
+    weights = dict(file=str(models_root / name / "model.safetensors"))  # loaded by timm's own pretrained path
+    kw = dict(pretrained_cfg_overlay=weights, features_only=True, out_indices=out_indices)
+    return timm.create_model(arch, pretrained=True, **kw, **args, **extra).eval()
+
+
+def make_features(name: str, models_root: Path, out_root: Path) -> None:
+    """timm's forward_intermediates / features_only on the committed inputs, computed in float64."""
+    import copy
+
+    import timm
+    import torch
+    import torchvision
+    from safetensors.torch import load_file, save_file
+
+    fixed, dynamic = _timm_models(name, models_root)
+    io = load_file(str(models_root / name / "io.safetensors"))
+    fixture_meta = json.loads((models_root / name / "meta.json").read_text())
+    is_vit = FIXTURES[name][0].startswith("vit")
+    levels = len(fixed.blocks) if is_vit else len(fixed.layers)
+    out_indices = tuple(range(levels))
+    tensors, sizes = {}, []
+    for i, entry in enumerate(fixture_meta["sizes"]):
+        key = f"{entry['size'][0]}x{entry['size'][1]}"
+        x = io[f"input_{key}"]
+        model = fixed if i == 0 else dynamic
+        m64 = copy.deepcopy(model).double()
+        features = _features_only(name, models_root, i == 0, out_indices)
+        with torch.no_grad():
+            x64 = x.double()
+            if is_vit:
+                final, maps = m64.forward_intermediates(x64, return_prefix_tokens=True)
+                for j, level in enumerate(maps):  # timm pairs a map with its prefix tokens only if there are some
+                    spatial, prefix = level if m64.num_prefix_tokens else (level, None)
+                    tensors[f"nchw_{key}_{j}"] = spatial
+                    if prefix is not None:
+                        tensors[f"prefix_{key}_{j}"] = prefix
+                normed = m64.forward_intermediates(x64, norm=True, output_fmt="NLC", intermediates_only=True)
+                for j, tokens in enumerate(normed):
+                    tensors[f"norm_nlc_{key}_{j}"] = tokens
+            else:
+                final, maps = m64.forward_intermediates(x64)
+                for j, spatial in enumerate(maps):
+                    tensors[f"nchw_{key}_{j}"] = spatial
+                (last,) = m64.forward_intermediates(x64, indices=1, norm=True, intermediates_only=True)
+                tensors[f"norm_nchw_{key}_{levels - 1}"] = last
+            tensors[f"final_{key}"] = final
+            stop_final, (first,) = m64.forward_intermediates(x64, indices=[0], stop_early=True)
+            tensors[f"stop_early_final_{key}"] = stop_final
+            torch.testing.assert_close(first, tensors[f"nchw_{key}_0"], rtol=0, atol=1e-12)
+            # timm's features_only backbone returns the same maps (Swin's channels last), so they are not stored
+            for j, y in enumerate(copy.deepcopy(features).double()(x64)):
+                y = y if is_vit else y.permute(0, 3, 1, 2)
+                torch.testing.assert_close(y, tensors[f"nchw_{key}_{j}"], rtol=0, atol=1e-12)
+            # the float32 models agree with the float64 references
+            (same,) = model.forward_intermediates(x, indices=[levels - 1], intermediates_only=True)
+            torch.testing.assert_close(same.double(), tensors[f"nchw_{key}_{levels - 1}"], rtol=0, atol=1e-4)
+        sizes.append({"size": entry["size"], "how": entry["how"]})
+    tensors = {k: v.float().contiguous() for k, v in tensors.items()}
+    out = out_root / name
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "features.safetensors"), metadata={"format": "pt"})
+    meta = {
+        "fixture": name,
+        "model_fixture": f"tests/fixtures/timm/{name}",
+        "architecture": FIXTURES[name][0],
+        "versions": {
+            "timm": timm.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": sys.version.split()[0],
+        },
+        "reference_dtype": "float64 (stored as float32)",
+        "num_levels": levels,
+        "feature_info": [{k: d[k] for k in ("num_chs", "reduction", "module")} for d in fixed.feature_info],
+        "features_only": {
+            "out_indices": list(out_indices),
+            "channels": features.feature_info.channels(),
+            "reduction": features.feature_info.reduction(),
+            "output_fmt": "NCHW" if is_vit else "NHWC",
+            "equals": "the nchw_* maps (Swin's permuted from NHWC), checked when written",
+        },
+        "num_prefix_tokens": getattr(fixed, "num_prefix_tokens", 0),
+        "sizes": sizes,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    total = sum(f.stat().st_size for f in out.iterdir())
+    print(f"{name:20s} features {len(tensors):3d} tensors {total / 1024:6.1f} KiB  sizes {[e['size'] for e in sizes]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default=os.environ.get("VITKIT_TIMM_ENV", DEFAULT_ENV), help="venv with timm")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="fixtures root directory")
     parser.add_argument("--only", nargs="*", help="fixture names to (re)write; default all")
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="write only the intermediate-feature fixtures (from the committed model fixtures) into --features-out",
+    )
+    parser.add_argument("--features-out", default=str(DEFAULT_FEATURES_OUT), help="features fixtures root")
     args = parser.parse_args()
     if not _have_timm():
         python = ensure_env(Path(args.env))
@@ -233,8 +361,11 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown fixture(s) {unknown}; known: {sorted(FIXTURES)}")
     for name in names:
-        arch, model_args, extra = FIXTURES[name]
-        make_fixture(name, arch, model_args, extra, Path(args.out))
+        if args.features:
+            make_features(name, Path(args.out), Path(args.features_out))
+        else:
+            arch, model_args, extra = FIXTURES[name]
+            make_fixture(name, arch, model_args, extra, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -90,3 +90,25 @@ def test_an_optimized_model_exports_the_reference_graph(tmp_path, family):
     with torch.no_grad():
         ref = model(x)
     torch.testing.assert_close(runner(x), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_int8_quantised_graph_runs_close_to_fp32(tmp_path, family):
+    """onnxruntime's quantiser turns the weight matmuls into int8 products; the logits stay close to float32."""
+    import onnx
+
+    from vitkit.export import quantize_onnx_int8
+
+    name, overrides, size, _ = TINY[family]
+    model = randomize_(vitkit.create_model(name, img_size=size, **overrides)).eval()
+    fp32 = export_onnx(model, tmp_path / "m.onnx", input_size=(3, size, size))
+    int8 = quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx")
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops, ops
+    assert not list(tmp_path.glob(".*.tmp"))
+    x = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+    out = OnnxRunner(int8, threads=1)(x)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 0.1 * ref.abs().max()

@@ -24,8 +24,9 @@ LAYERS = [  # bottom first; a unit may import itself and anything on a lower lin
     {"engine"},
     {"eval"},
     {"train"},
-    {"export", "predict"},
+    {"export", "predict", "explanations", "publish"},
     {"bench"},
+    {"serve"},
     {"cli"},
     {"__main__"},
 ]

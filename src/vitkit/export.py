@@ -1,4 +1,5 @@
-"""ONNX export (dynamic batch, and dynamic image size where the family allows it) and an onnxruntime runner.
+"""ONNX export (dynamic batch, and dynamic image size where the family allows it), int8 quantisation of the exported
+graph with onnxruntime's quantiser, and an onnxruntime runner.
 
 ViT resamples its position embedding to the input grid and CvT is fully convolutional in space, so both
 export with a dynamic height/width. Swin's window partition and its attention mask depend on the
@@ -7,6 +8,7 @@ per family). Export uses the TorchScript-based exporter (``dynamo=False``): it n
 keeps the graph close to the module structure.
 """
 
+import logging
 import os
 import tempfile
 import warnings
@@ -160,8 +162,36 @@ class OnnxRunner:
         return torch.from_numpy(out)
 
 
-def onnx_session(model: nn.Module, *, input_size=None, threads: int | None = None, directory=None) -> OnnxRunner:
-    """Export ``model`` to a temporary (or given) directory and open it with onnxruntime."""
+def quantize_onnx_int8(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """An int8 copy of an exported graph: weights of every MatMul / Gemm quantised per output channel once, their
+    activations per call (onnxruntime's dynamic quantisation; u8 x s8 products, which its CPU kernels run on VNNI /
+    AMX-INT8 where the processor has them). Convolutions, normalisation and softmax stay float32."""
+    _require("onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = Path(target)
+
+    def write(tmp: str) -> None:
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser logs advice to run its pre-processing (shape inference) first
+        try:
+            quantize_dynamic(
+                str(source), tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"]
+            )
+        finally:
+            root.setLevel(level)
+
+    atomic_write(target, write)
+    return target
+
+
+def onnx_session(
+    model: nn.Module, *, input_size=None, threads: int | None = None, directory=None, int8: bool = False
+) -> OnnxRunner:
+    """Export ``model`` to a temporary (or given) directory and open it with onnxruntime (``int8``: quantised)."""
     directory = Path(directory or tempfile.mkdtemp(prefix="vitkit-onnx-"))
     path = export_onnx(model, directory / "model.onnx", input_size=input_size)
+    if int8:
+        path = quantize_onnx_int8(path, directory / "model.int8.onnx")
     return OnnxRunner(path, threads=threads)

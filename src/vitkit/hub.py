@@ -9,8 +9,10 @@
   * a registered model name that has a default hub id (``vit_base_patch16_224``).
 Weights come from ``model.safetensors`` (also sharded) or ``pytorch_model.bin``; pickles are only read with
 ``torch.load(weights_only=True)``, which refuses to run code; the error names the refused global and never suggests
-turning that protection off. Every problem with a file is a
-:class:`~vitkit.errors.CheckpointError` naming the file and the key or field.
+turning that protection off. Every problem with a file is a :class:`~vitkit.errors.CheckpointError` naming the file
+and the key or field. A bare weights file (the papers' releases: ``.pth``, ``.bin``, ``.safetensors``) names no
+architecture; ``create_model(name, pretrained=file)`` loads it (:func:`read_weights_file`).
+``save_pretrained(model, dir, format=...)`` writes vitkit's, transformers' or timm's format.
 """
 
 import dataclasses
@@ -26,8 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from vitkit.convert import HF_CONVERTERS, TIMM_CONVERTERS, VITKIT_UPGRADES
+from vitkit.convert import HF_CONVERTERS, TIMM_CONVERTERS, VITKIT_UPGRADES, to_timm, to_transformers
 from vitkit.errors import CheckpointError, VitkitError
+from vitkit.models.features import FeatureModel
 from vitkit.models.registry import family_of_config, get_entry, get_family, model_from_config, replace_config
 from vitkit.utils.io import atomic_save_safetensors, atomic_write_json
 from vitkit.version import __version__
@@ -41,6 +44,8 @@ _WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+SAVE_FORMATS = ("vitkit", "transformers", "timm")
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -76,6 +81,11 @@ def resolve_source(source: str | os.PathLike) -> Path:
     if s.startswith("hf-hub:"):
         return _download(s[len("hf-hub:") :])
     path = Path(s).expanduser()
+    if is_weights_file(path):
+        raise CheckpointError(
+            f"{path}: a bare weights file names no architecture; load it with create_model(name, pretrained=file) "
+            "(command line: --model NAME)"
+        )
     if path.is_file():
         path = path.parent  # a weights file or config.json: use the directory around it
     if path.is_dir():
@@ -116,7 +126,9 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol; a refusal is reported below
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's refusal of a global or call: it never runs anything
         raise CheckpointError(
             f"{path}: refused to load: the pickle holds something other than tensors ({_refusal(str(e))}). "
@@ -182,6 +194,31 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
         return sd
     raise CheckpointError(f"{directory}: no weights file (looked for {', '.join(_WEIGHT_FILES)})")
+
+
+def is_weights_file(path: str | os.PathLike) -> bool:
+    """A weights file on its own: not the ``model.safetensors`` / ``pytorch_model.bin`` of a checkpoint directory
+    (one with a ``config.json``), which :func:`from_pretrained` reads as a whole."""
+    path = Path(path).expanduser()
+    if not path.is_file() or not path.name.endswith(WEIGHT_SUFFIXES):
+        return False
+    return not (path.name in _WEIGHT_FILES and (path.parent / CONFIG_NAME).is_file())
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A bare state dict, unwrapped from the ``{'model': ...}`` / ``{'state_dict': ...}`` / ``{'module': ...}`` of
+    training scripts and from DistributedDataParallel's ``module.`` prefix; pickles only with weights_only=True."""
+    path = Path(path).expanduser()
+    sd = _load_file(path)
+    for key in ("model", "state_dict", "module"):  # the official Swin release: {'model': ...}
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors (or one under 'model')")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
 
 
 def config_from_vitkit(meta: Any, path: Path) -> Any:
@@ -313,11 +350,12 @@ def from_pretrained(
     if new_head:
         head = {k for k in model.state_dict() if k.startswith("head.")}
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-        warnings.warn(
-            f"{source}: classifier re-initialised for {num_classes} classes ({', '.join(sorted(head)) or 'no head'}); "
-            "train it before use",
-            stacklevel=2,
-        )
+        if num_classes:  # num_classes=0 asks for the backbone: nothing to train
+            warnings.warn(
+                f"{source}: classifier re-initialised for {num_classes} classes "
+                f"({', '.join(sorted(head)) or 'no head'}); train it before use",
+                stacklevel=2,
+            )
         class_names = None
     sd = model.adapt_state_dict(sd)
     if new_head:
@@ -343,10 +381,38 @@ def checkpoint_config(model: Any, extra: dict[str, Any] | None = None) -> dict[s
     }
 
 
-def save_pretrained(model: Any, directory: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (each atomically) that ``from_pretrained`` reads back."""
+def save_pretrained(
+    model: Any,
+    directory: str | os.PathLike,
+    *,
+    format: str = "vitkit",
+    extra: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (each atomically) that ``from_pretrained`` reads back.
+
+    ``format="vitkit"``: vitkit's config (``extra`` is added to it). ``"transformers"``: what
+    ``AutoModelForImageClassification`` / ``AutoImageProcessor.from_pretrained(directory)`` load (ViT, Swin, CvT;
+    also ``preprocessor_config.json``). ``"timm"``: timm's hub format, which ``timm.create_model("local-dir:" +
+    directory, pretrained=True)`` loads (ViT, Swin). A configuration the other library cannot reproduce exactly is a
+    :class:`~vitkit.errors.CheckpointError` that says why. ``state_dict`` replaces ``model.state_dict()`` (the full
+    weights of a model whose parameters are sharded over processes, gathered beforehand).
+    """
+    if format not in SAVE_FORMATS:
+        raise VitkitError(f"format: must be one of {', '.join(SAVE_FORMATS)}, got {format!r}")
+    if isinstance(model, FeatureModel):  # a features_only backbone: the model inside, without its classifier
+        model = model.model
     directory = Path(directory)
-    state = {k: v for k, v in model.state_dict().items()}
+    state = dict(state_dict if state_dict is not None else model.state_dict())
+    if format == "vitkit":
+        files = {CONFIG_NAME: checkpoint_config(model, extra)}
+    elif format == "transformers":
+        files, state = to_transformers(model.config, state, getattr(model, "class_names", None))
+    else:
+        files, state = to_timm(
+            model.config, state, getattr(model, "class_names", None), getattr(model, "model_name", None)
+        )
     atomic_save_safetensors(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
-    atomic_write_json(directory / CONFIG_NAME, checkpoint_config(model, extra))
+    for name, content in files.items():
+        atomic_write_json(directory / name, content)
     return directory

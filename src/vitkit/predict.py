@@ -95,6 +95,20 @@ def class_name(model: Any, index: int) -> str:
     return str(names[index]) if names and index < len(names) else str(index)
 
 
+NON_FINITE = "the model produced NaN/inf logits; its weights are broken"
+
+
+def top_classes(model: Any, logits: torch.Tensor, topk: int) -> list[list[tuple[int, str, float]] | None]:
+    """Per row of ``logits``: the top-k (class index, name, probability), or None where a logit is NaN/inf."""
+    logits = logits.float().cpu()
+    finite = torch.isfinite(logits).all(dim=-1)
+    values, indices = logits.softmax(dim=-1).topk(min(topk, logits.shape[-1]), dim=-1)
+    return [
+        [(int(i), class_name(model, int(i)), float(v)) for v, i in zip(vals, idxs, strict=True)] if ok else None
+        for vals, idxs, ok in zip(values, indices, finite, strict=True)
+    ]
+
+
 @torch.no_grad()
 def predict(
     model: torch.nn.Module,
@@ -117,18 +131,8 @@ def predict(
         if not batch:
             return
         x = torch.stack([t for _, t in batch]).to(device)
-        logits = model(x).float().cpu()
-        finite = torch.isfinite(logits).all(dim=-1)
-        probs = logits.softmax(dim=-1)
-        k = min(topk, probs.shape[-1])
-        values, indices = probs.topk(k, dim=-1)
-        for (path, _), vals, idxs, ok in zip(batch, values, indices, finite, strict=True):
-            if not ok:
-                results[path] = Prediction(path, error="the model produced NaN/inf logits; its weights are broken")
-                continue
-            results[path] = Prediction(
-                path, [(int(i), class_name(model, int(i)), float(v)) for v, i in zip(vals, idxs, strict=True)]
-            )
+        for (path, _), top in zip(batch, top_classes(model, model(x), topk), strict=True):
+            results[path] = Prediction(path, top) if top is not None else Prediction(path, error=NON_FINITE)
         batch.clear()
 
     for path in files:

@@ -50,6 +50,9 @@ def test_cli_run_writes_json_and_table(tmp_path, capsys):
         ("vitkit[reference]", "train"),
         ("transformers", "train"),
     }
+    assert r["settings"]["peer_adamw"] == "default"
+    adamw = {x["name"]: x["adamw"] for x in r["results"] if x["task"] == "train"}
+    assert adamw == {"vitkit[reference]": "fused", "transformers": "default"}  # vitkit's trainer vs a plain loop
     for x in r["results"]:
         assert x["img_per_s"] > 0 and len(x["repeat_img_per_s"]) == 2
         assert 0 < x["latency_ms_p50"] <= x["latency_ms_p90"]

@@ -28,3 +28,14 @@ def test_export_bad_source_is_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope"), str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert "vitkit" in err and "Traceback" not in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_export_int8(tmp_path, capsys):
+    model = vitkit.create_model("vit_nano_patch4_28", depth=1, embed_dim=32, num_heads=2).eval()
+    vitkit.save_pretrained(model, tmp_path / "ckpt")
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "m.onnx"), "--int8"]) == 0
+    captured = capsys.readouterr()
+    assert "int8 weight matmuls" in captured.out and "top-1 agreement" in captured.out
+    assert "pre-processing" not in captured.err and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.onnx"]
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--format", "transformers", "--int8"]) == 2
+    assert "--int8: only with --format onnx" in capsys.readouterr().err

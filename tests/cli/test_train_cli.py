@@ -50,6 +50,15 @@ def test_config_file_then_flags_override(tmp_path, capsys, suffix):
     assert cfg["weight_decay"] == 0.05  # the default
 
 
+def test_multi_process_flags(capsys):
+    assert main(["train", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["strategy"] == "ddp" and cfg["sync_bn"] is True
+    assert main(["train", "--strategy", "fsdp", "--no-sync-bn", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["strategy"] == "fsdp" and cfg["sync_bn"] is False
+
+
 def test_config_file_errors(tmp_path, capsys):
     bad_key = tmp_path / "a.yaml"
     bad_key.write_text("epochz: 3\n")
@@ -70,6 +79,7 @@ def test_error_lines(tmp_path, capsys):
     one_line_error(capsys, main(["train", "--lr", "fast"]), "--lr", "fast")
     one_line_error(capsys, main(["train", "--epochs", "0", "--print-config"]), "epochs")
     one_line_error(capsys, main(["train", "--amp", "fp8"]), "--amp", "fp8")
+    one_line_error(capsys, main(["train", "--strategy", "fsdp", "--amp", "fp16"]), "--amp", "strategy fsdp")
     one_line_error(capsys, main(["info", "vit_nope"]), "unknown model")
     one_line_error(capsys, main(["eval", str(tmp_path)]), "config.json")
     one_line_error(capsys, main(["nope"]), "nope")

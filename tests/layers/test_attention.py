@@ -25,3 +25,27 @@ def test_sdpa_and_recording_paths_equal_the_reference(bias_shape, grad):
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 3, 49))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(recorded, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_weights_viewed_as_another_shape_stay_on_the_gradient_path():
+    q, k, v = (torch.randn(2, 6, 4, 8, requires_grad=True) for _ in range(3))
+    out, w = attention(q, k, v, scale=0.3, need_weights=True, weights_shape=(2, 3, 2, 4, 4))
+    assert w.shape == (2, 3, 2, 4, 4)
+    (g,) = torch.autograd.grad(out.square().sum(), [w])  # w itself multiplied v
+    assert g.shape == w.shape and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "cvt_13_224"])
+def test_record_attention_returns_the_maps_and_the_logits_of_one_pass(name):
+    from tests.tiny import tiny_overrides
+    from vitkit.factory import create_model
+    from vitkit.layers import record_attention
+
+    model = create_model(name, **tiny_overrides(name), num_classes=3).eval()
+    size = model.config.img_size
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        maps, logits = record_attention(model, x)
+        assert torch.allclose(logits, model(x), atol=1e-5)
+    assert len(maps) == sum(1 for m in model.modules() if hasattr(m, "store_attention"))
+    assert not any(getattr(m, "record_attention", False) for m in model.modules())

@@ -1,5 +1,5 @@
 """torchrun with 2 CPU processes (gloo): the same losses and weights as 1 process with the same global batch, and no
-hang when one process's whole batch is unreadable."""
+hang when one process's whole batch is unreadable (DDP and FSDP)."""
 
 import json
 import os
@@ -71,7 +71,8 @@ def _run_or_fail_on_hang(cmd: list[str], env: dict, timeout: float) -> subproces
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
-def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_path, strategy):
     from vitkit.data import DataSpec, Loader
     from vitkit.train import TrainConfig
     from vitkit.train.loop import build_datasets
@@ -79,6 +80,7 @@ def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_pat
     root = image_folder(tmp_path / "imgs", train=(5, 2), val=(3, 1))
     cfg = dict(TINY, data=f"folder:{root}", max_train_samples=0, max_val_samples=0, batch_size=1, accum_steps=2)
     cfg |= dict(epochs=1, seed=1, aug="none", skip_bad_images=True, device="cpu", output_dir=str(tmp_path / "run"))
+    cfg["strategy"] = strategy  # FSDP gathers parameters in every forward pass, evaluation included
     # one image per process and batch; with this seed, some batch has an unreadable image on one process and a good
     # one on the other, and some accumulation group loses its last batch after its first one went through backward
     train_ds, _ = build_datasets(TrainConfig(**cfg))

@@ -138,8 +138,32 @@ def test_refuses_to_overwrite_a_run_and_checks_resume_settings(tmp_path):
         train(cfg)
     with pytest.raises(CheckpointError, match=r"settings changed .*lr"):
         train(cfg.replace(resume="auto", lr=0.1))
+    with pytest.raises(CheckpointError, match=r"global batch: checkpoint 16 x 1 process\(es\) vs now 8 x 1"):
+        train(cfg.replace(resume="auto", batch_size=8))
     r = train(cfg.replace(resume=str(tmp_path / "run"), epochs=2))  # an output dir works as a resume source
     assert len(r.history) == 2
+
+
+def test_fsdp_on_one_process_writes_a_verified_distributed_checkpoint(tmp_path):
+    cfg = tiny(tmp_path, epochs=1, strategy="fsdp")  # one process: unsharded training, sharded checkpoints
+    train(cfg)
+    last = tmp_path / "run" / "last"
+    manifest = json.loads((last / "trainer_state.json").read_text())["sha256"]
+    assert {"dcp/.metadata", "dcp/__0_0.distcp"} <= set(manifest)
+    assert not (tmp_path / "run" / ".last.shards.tmp").exists()
+    assert vitkit.from_pretrained(last).config.depth == 1
+    shard = last / "dcp" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match=r"__0_0\.distcp: corrupt or truncated"):
+        train(cfg.replace(resume="auto", epochs=2))
+
+
+def test_a_torchrun_restart_continues_the_run(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, epochs=1)
+    train(cfg)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # what torchrun --max-restarts sets after a failure
+    r = train(cfg.replace(epochs=2))  # no resume given: a restarted job continues from last/
+    assert [h["step"] for h in r.history] == [4, 8]
 
 
 def test_time_limit_stops_cleanly(tmp_path):
@@ -156,7 +180,12 @@ def test_early_stopping(tmp_path):
 def test_config_validation_files_and_cli(tmp_path, capsys):
     with pytest.raises(VitkitError, match=r"--amp \(amp\): must be one of none, bf16, fp16, got 'fp8'"):
         TrainConfig(amp="fp8")
-    (tmp_path / "c.yaml").write_text("epochs: 3\nbetas: [0.9, 0.95]\nmodel_args: {depth: 1}\n")
+    with pytest.raises(VitkitError, match=r"--strategy \(strategy\): must be one of ddp, fsdp, got 'zero'"):
+        TrainConfig(strategy="zero")
+    with pytest.raises(VitkitError, match=r"--amp \(amp\): fp16 .* not supported with strategy fsdp; use bf16"):
+        TrainConfig(strategy="fsdp", amp="fp16")
+    yaml = "epochs: 3\nbetas: [0.9, 0.95]\nmodel: vit_nano_patch4_28\nmodel_args: {depth: 1}\n"
+    (tmp_path / "c.yaml").write_text(yaml)
     cfg = TrainConfig.from_file(tmp_path / "c.yaml")
     assert cfg.epochs == 3 and cfg.betas == (0.9, 0.95) and cfg.model_args == "depth=1"
     (tmp_path / "bad.toml").write_text("epoch = 3\n")

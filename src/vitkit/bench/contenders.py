@@ -15,11 +15,12 @@ from vitkit.engine import optimize
 from vitkit.errors import VitkitError
 from vitkit.factory import create_model
 from vitkit.hub import from_pretrained
+from vitkit.train.optim import adamw
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODES = ("optimized", "reference", "compile", "onnx", "int8", "packed")
+MODES = ("optimized", "reference", "compile", "onnx", "onnx-int8", "int8", "packed")
 TRAINABLE = ("reference", "compile")  # an optimized model is inference-only
-CPU_ONLY = ("onnx", "int8", "packed")  # onnxruntime's CPU provider, fbgemm int8, oneDNN packed weights
+CPU_ONLY = ("onnx", "onnx-int8", "int8", "packed")  # onnxruntime's CPU provider, fbgemm int8, oneDNN packed weights
 
 
 @dataclasses.dataclass
@@ -34,6 +35,7 @@ class Contender:
     weights: str = "shared"
     input_size: tuple[int, ...] = (3, 224, 224)  # (C, H, W) of one image
     optimizer: Any = None
+    adamw: str = "default"  # "fused": PyTorch's fused AdamW kernel (what `vitkit train` uses); "default": its loop
     report: Any = None  # vitkit.optimize's OptimizationReport for optimized modes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +51,14 @@ def spec_name(spec: dict[str, str]) -> str:
     return spec["impl"] + (f"[{','.join(extra)}]" if extra else "")
 
 
-def contender_specs(modes: list[str], dtypes: list[str], compare: bool, device: torch.device) -> list[dict[str, str]]:
-    """vitkit in each mode and dtype; with ``compare`` also vitkit's reference model, transformers and timm."""
+def contender_specs(
+    modes: list[str], dtypes: list[str], compare: bool, device: torch.device, peer_adamw: str = "default"
+) -> list[dict[str, str]]:
+    """vitkit in each mode and dtype; with ``compare`` also vitkit's reference model, transformers and timm.
+
+    Training steps use AdamW: vitkit the fused kernel its trainer uses, the peers ``peer_adamw`` ("default":
+    ``torch.optim.AdamW()`` as a plain training loop writes it; "fused": the same kernel as vitkit).
+    """
     if compare and "reference" not in modes:
         modes = [*modes, "reference"]
     specs = []
@@ -58,11 +66,11 @@ def contender_specs(modes: list[str], dtypes: list[str], compare: bool, device: 
         for dtype in dtypes:
             if mode in CPU_ONLY and (dtype != "fp32" or device.type != "cpu"):
                 continue  # these modes are CPU float32 only: autocast does not apply
-            specs.append({"impl": "vitkit", "mode": mode, "dtype": dtype})
+            specs.append({"impl": "vitkit", "mode": mode, "dtype": dtype, "adamw": "fused"})
     if compare:
         for dtype in dtypes:
-            specs.append({"impl": "transformers", "mode": "eager", "dtype": dtype})
-            specs.append({"impl": "timm", "mode": "eager", "dtype": dtype})
+            specs.append({"impl": "transformers", "mode": "eager", "dtype": dtype, "adamw": peer_adamw})
+            specs.append({"impl": "timm", "mode": "eager", "dtype": dtype, "adamw": peer_adamw})
     return specs
 
 
@@ -133,10 +141,11 @@ def make_mode(
         return model, 0.0, None
     if mode == "compile":
         return torch.compile(model), 0.0, None  # compiles lazily: the first call's time is reported as compile time
-    if mode == "onnx":
+    if mode in ("onnx", "onnx-int8"):
         from vitkit.export import onnx_session
 
-        return onnx_session(model, input_size=input_size, threads=threads), time.perf_counter() - t0, None
+        runner = onnx_session(model, input_size=input_size, threads=threads, int8=mode == "onnx-int8")
+        return runner, time.perf_counter() - t0, None
     if mode == "int8":
         from vitkit.engine.quantize import quantize_dynamic_int8
 
@@ -150,17 +159,18 @@ def autocast(device: torch.device, dtype: str):
 
 
 def infer_step(c: Contender, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if c.mode == "onnx":
+    if c.mode in ("onnx", "onnx-int8"):
         return c.model(x)
     with torch.inference_mode(), autocast(device, c.dtype):
         return c.forward(x)
 
 
 def train_step(c: Contender, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Forward, cross-entropy, backward and an SGD step with momentum (timm's benchmark)."""
+    """Forward, cross-entropy, backward and an AdamW step (fused or PyTorch's default loop, see ``c.adamw``)."""
     c.model.train()
     if c.optimizer is None:
-        c.optimizer = torch.optim.SGD(c.model.parameters(), lr=1e-4, momentum=0.9)
+        params = c.model.parameters()
+        c.optimizer = adamw(params, lr=1e-4) if c.adamw == "fused" else torch.optim.AdamW(params, lr=1e-4)
     c.optimizer.zero_grad(set_to_none=True)
     with autocast(device, c.dtype):
         loss = F.cross_entropy(c.forward(x).float(), y)
@@ -186,6 +196,7 @@ def build_contender(
     pair: tuple[nn.Module, nn.Module | None] | None = None,
 ) -> Contender:
     impl, mode, dtype = spec["impl"], spec["mode"], spec["dtype"]
+    adamw_kind = spec.get("adamw", "fused" if impl == "vitkit" else "default")
     if impl == "vitkit":
         base = pair[0] if pair is not None else build_vitkit(name, img_size, overrides)
         base = base.to(device).eval()
@@ -209,4 +220,5 @@ def build_contender(
     else:
         raise VitkitError(f"unknown implementation {impl!r}")
     c.input_size = tuple(input_size)
+    c.adamw = adamw_kind
     return c

@@ -2,7 +2,8 @@
 
 What is measured, per contender (vitkit optimized in a dtype and mode; with ``compare`` also vitkit's reference model,
 transformers and timm): inference images/s and batch latency p50 / p90 (``torch.inference_mode``); training-step
-images/s (forward, cross-entropy, backward, SGD with momentum, like timm's benchmark) for the trainable ones; peak
+images/s (forward, cross-entropy, backward, AdamW: vitkit's fused kernel, the peers' ``torch.optim.AdamW()`` or, with
+``peer_adamw="fused"``, the same kernel) for the trainable ones; peak
 memory in a fresh subprocess (:mod:`vitkit.bench.memory`); FLOPs per image (:mod:`vitkit.eval.flops`) and the
 achieved rate as a fraction of this machine's dense matmul rate, measured in the same run; page faults and native
 kernel calls per batch (what actually ran). Contenders alternate (:mod:`vitkit.bench.timing`); peers get the same
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from vitkit.bench.contenders import (
+    CPU_ONLY,
     DTYPES,
     MODES,
     build_contender,
@@ -65,6 +67,7 @@ def benchmark(
     memory: bool = True,
     overrides: dict[str, Any] | None = None,
     malloc: str = "default",
+    peer_adamw: str = "default",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark and return the JSON-ready result (see the module docstring for the method)."""
@@ -73,6 +76,7 @@ def benchmark(
     _check("dtype", dtypes, tuple(DTYPES))
     _check("mode", modes, MODES)
     _check("task", tasks, TASKS)
+    _check("peer AdamW", [peer_adamw], ("default", "fused"))
     if batch_size < 1 or (train_batch_size is not None and train_batch_size < 1):
         raise VitkitError("batch sizes must be >= 1")
     malloc_applied = set_malloc(malloc)  # the same allocator settings for every contender (process-wide)
@@ -88,7 +92,7 @@ def benchmark(
     info = machine_info(dev)
     load_before = load_avg()
 
-    specs = contender_specs(list(modes), list(dtypes), compare, dev)
+    specs = contender_specs(list(modes), list(dtypes), compare, dev, peer_adamw)
     if compare and not timm_available():
         notes.append("timm is not importable here: no timm contender")
         specs = [s for s in specs if s["impl"] != "timm"]
@@ -146,7 +150,7 @@ def benchmark(
             t = timing[c.name]
             sec = statistics.median(t["repeat_s"])
             ips = batch / sec
-            rate = rates.get(c.dtype if c.mode not in ("onnx", "int8", "packed") else "fp32", rates["fp32"])
+            rate = rates.get(c.dtype if c.mode not in CPU_ONLY else "fp32", rates["fp32"])
             achieved = flops_img * ips / 1e9
             batches = repeats * iters
             r = {
@@ -166,6 +170,7 @@ def benchmark(
                 "page_faults_per_batch": round(t["page_faults"] / batches),
                 "kernel_calls_per_batch": {k: round(v / batches, 2) for k, v in t["kernel_calls"].items() if v},
                 "setup_s": round(c.setup_s, 3),
+                "adamw": c.adamw if task == "train" else None,
                 "weights": c.weights,
                 "max_abs_logit_diff_vs_first": diffs.get(c.name),
                 "peak_mem_mb": None,
@@ -182,7 +187,7 @@ def benchmark(
                 continue
             job = {
                 "model": model,
-                "spec": {"impl": r["impl"], "mode": r["mode"], "dtype": r["dtype"]},
+                "spec": {"impl": r["impl"], "mode": r["mode"], "dtype": r["dtype"], "adamw": r["adamw"] or "default"},
                 "img_size": img_size,
                 "overrides": overrides,
                 "device": str(dev),
@@ -217,6 +222,7 @@ def benchmark(
             "overrides": overrides,
             "malloc": malloc,
             "malloc_applied": malloc_applied,
+            "peer_adamw": peer_adamw,
         },
         "optimization": optimization.lines() if optimization is not None else [],
         "matmul_gflops": {k: round(v, 1) for k, v in rates.items()},

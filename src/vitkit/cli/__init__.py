@@ -24,12 +24,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vitkit.cli.train", "train or fine-tune a model (settings from flags and/or a YAML/TOML file)"),
     "eval": ("vitkit.cli.evaluate", "evaluate a checkpoint: top-1/top-5, macro-F1, confusion matrix, report"),
     "predict": ("vitkit.cli.predict", "classify image files, folders or globs (top-k with class names)"),
+    "explain": ("vitkit.cli.explain", "heat maps of what a model looked at (rollout, Grad-CAM); --mechanism figures"),
     "models": ("vitkit.cli.models", "list registered models with parameters, GFLOPs and resolution"),
     "info": ("vitkit.cli.info", "architecture summary of one model, stage by stage"),
     "demo": ("vitkit.cli.demo", "offline demo: train + evaluate a small ViT on the bundled Fashion-MNIST sample"),
     "compare": ("vitkit.cli.compare", "train + evaluate one small model per family on the same data and budget"),
     "bench": ("vitkit.cli.bench", "speed and memory against transformers and timm with the same weights"),
-    "export": ("vitkit.cli.export", "export a model to ONNX and check it with onnxruntime"),
+    "export": ("vitkit.cli.export", "export a model to ONNX (checked with onnxruntime), transformers or timm"),
+    "push": ("vitkit.cli.push", "upload a checkpoint with its model card and evaluation to the Hugging Face Hub"),
+    "serve": ("vitkit.cli.serve", "an HTTP API and web page for a model, with dynamic batching and metrics"),
 }
 
 

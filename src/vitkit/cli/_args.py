@@ -217,12 +217,24 @@ def add_reference(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def inference_model(source: str, reference: bool = False) -> Any:
-    """The model a source names, in eval mode, optimized for inference unless ``reference``."""
+def add_model_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="the registered architecture of SOURCE when it is a bare weights file (.pth/.bin/.safetensors, e.g. the "
+        "official Swin / CvT releases); for a directory or hub id, the family it must hold",
+    )
+
+
+def inference_model(source: str, reference: bool = False, model_name: str | None = None) -> Any:
+    """The model a source names (a bare weights file with ``model_name``), in eval mode, optimized for inference
+    unless ``reference``."""
     from vitkit.engine import optimize
+    from vitkit.factory import create_model
     from vitkit.hub import from_pretrained
 
-    model = from_pretrained(source)
+    model = create_model(model_name, pretrained=source).eval() if model_name else from_pretrained(source)
     return model if reference else optimize(model, inplace=True)
 
 

@@ -70,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, several_models: bool = Fal
         help="glibc malloc thresholds for the whole run: default, pinned (32/64 MiB fixed) or tuned "
         "(no page faults after warm-up); see vitkit.engine.malloc",
     )
+    parser.add_argument(
+        "--peer-adamw",
+        choices=("default", "fused"),
+        default="default",
+        help="the peers' optimizer in training steps: torch.optim.AdamW() as written in a plain loop (default) or "
+        "the fused kernel vitkit's trainer uses",
+    )
     parser.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set depth=2")  # fmt: skip
     parser.add_argument("--out", default=None, help="a .json file, or a directory for <model>_<device>_<date>.json")
@@ -96,6 +103,7 @@ def benchmark_from_args(name: str, args: argparse.Namespace) -> dict[str, Any]:
         memory=not args.no_memory,
         overrides=dict(args.set),
         malloc=args.malloc,
+        peer_adamw=args.peer_adamw,
         log=log,
     )
 

@@ -85,11 +85,6 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.train.budget import budget_text
     from vitkit.utils.io import atomic_write_json
 
-    base, recipe = resolve_config(args, drop=("model", "model_args"))  # the same recipe for every family
-    threads = apply_threads(args.threads)
-    if base.output_dir == type(base)().output_dir:  # the training default; compare gets its own folder
-        base = base.replace(output_dir=args.output_dir_default)
-    root = Path(base.output_dir)
     if args.models:
         requested = [m.strip() for m in args.models.split(",") if m.strip()]
         registered = set(list_models())
@@ -101,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
         models = default_models()
     if not models:
         raise VitkitError("compare: no model to train (none of the requested names is registered)")
+    # the same recipe for every family; --model-args is checked against the models it is given to
+    base, recipe = resolve_config(args, drop=("model", "model_args"), model=models[0])
+    threads = apply_threads(args.threads)
+    if base.output_dir == type(base)().output_dir:  # the training default; compare gets its own folder
+        base = base.replace(output_dir=args.output_dir_default)
+    root = Path(base.output_dir)
     eval_data = args.eval_data or base.data
     dataset = None
     rows: list[dict[str, Any]] = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vitkit.cli._args import (
     add_device,
+    add_model_name,
     add_reference,
     add_threads,
     apply_threads,
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
     add_threads(p)
     add_reference(p)
+    add_model_name(p)
 
 
 def default_output_dir(source: str, split: str) -> Path:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    model = inference_model(args.source, args.reference)
+    model = inference_model(args.source, args.reference, args.model)
     val_fraction, seed = run_split_settings(args.source, args.data)
     dataset = load_dataset(args.data, args.split, val_fraction=val_fraction, seed=seed)
     result = evaluate(
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         title=str(extra["model"] or ""),
         extra=extra,
     )
+    from vitkit.publish import write_card_for
+
+    card = write_card_for(args.source, model, report=report, report_dir=out, fallback=out)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -87,5 +92,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"report: {out / 'report.json'}"
             + "".join(f"\n{k}: {v}" for k, v in report["files"].items() if k != "report")
+            + (f"\nmodel card: {card}" if card else "")
         )
     return 0

@@ -6,6 +6,7 @@ import sys
 
 from vitkit.cli._args import (
     add_device,
+    add_model_name,
     add_reference,
     add_threads,
     apply_threads,
@@ -24,13 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
     add_threads(p)
     add_reference(p)
+    add_model_name(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from vitkit.predict import format_table, predict
 
     apply_threads(args.threads)
-    model = inference_model(args.source, args.reference)
+    model = inference_model(args.source, args.reference, args.model)
     results = predict(
         model, args.inputs, topk=args.topk, batch_size=args.batch_size, device=resolve_device(args.device)
     )

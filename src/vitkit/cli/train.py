@@ -70,20 +70,21 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     return merged_config(TrainConfig, args, args._config_fields, base, **{**budget_settings(args), **fixed})
 
 
-def resolve_config(args: argparse.Namespace, drop: tuple[str, ...] = ()) -> tuple[Any, Any]:
+def resolve_config(args: argparse.Namespace, drop: tuple[str, ...] = (), **fixed: Any) -> tuple[Any, Any]:
     """(TrainConfig, Recipe or None): the settings given over the recipe for the data, or over a resumed run's.
 
-    ``drop`` names recipe settings not to use (``vitkit compare`` chooses the models itself).
+    ``drop`` names recipe settings not to use (``vitkit compare`` chooses the models itself); ``fixed`` settings
+    win over everything (compare checks ``--model-args`` against the first model it trains).
     """
     from vitkit.train.recipe import choose, describe_data
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, **fixed)
     if cfg.resume and (saved := saved_settings(cfg)) is not None:
-        return config_from_args(args, base=saved), None
+        return config_from_args(args, base=saved, **fixed), None
     given = given_settings(args, args._config_fields) | budget_settings(args)
     recipe = choose(describe_data(cfg.data, cfg.download), given)
     base = {k: v for k, v in recipe.settings.items() if k not in drop}
-    return config_from_args(args, base=base), recipe
+    return config_from_args(args, base=base, **fixed), recipe
 
 
 def is_main_process() -> bool:
@@ -201,4 +202,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{label}: {path}")
     if not args.no_plots:
         plot_run(result.output_dir)
+    if result.final_model is not None:
+        from vitkit.publish import write_card_for
+
+        card = write_card_for(str(result.final_model), None)
+        if card is not None:
+            print(f"model card: {card}")
     return 0

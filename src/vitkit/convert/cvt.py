@@ -1,4 +1,4 @@
-"""Hugging Face CvT checkpoints (``CvtForImageClassification`` / ``CvtModel``) -> vitkit's CvT.
+"""Hugging Face CvT checkpoints (``CvtForImageClassification`` / ``CvtModel``) -> vitkit's CvT, and back.
 
 vitkit uses the parameter names of Microsoft's official release; transformers renamed them when it
 ported the weights (its conversion script holds the same table in the other direction).
@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from vitkit.convert.common import class_names_from_hf, num_labels, take
+from vitkit.convert.common import class_names_from_hf, num_labels, take, with_hf_extra_fields
 from vitkit.errors import CheckpointError
 from vitkit.models.config import to_2tuple
 from vitkit.models.cvt import CvTConfig
@@ -107,6 +107,13 @@ def config_from_hf(hf: dict) -> CvTConfig:
 def config_to_hf(cfg: CvTConfig) -> dict:
     """transformers' ``CvtConfig`` fields for a vitkit config (``model_type`` included; ``image_size`` is not a
     transformers field, but it lets :func:`config_from_hf` restore the resolution)."""
+    short = [i for i, d in enumerate(cfg.depths) if d <= i]
+    if short:  # CvtStage picks its drop-path rate by stage index from a list of depth[i] entries
+        i = short[0]
+        raise CheckpointError(
+            f"transformers cannot build this CvT: stage {i} has {cfg.depths[i]} block(s), transformers needs more than "
+            f"{i} there; save it as vitkit instead"
+        )
     n = cfg.num_stages
     return {
         "model_type": "cvt",
@@ -210,8 +217,46 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: CvTConfig) -> dict[str,
     return out
 
 
+def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: CvTConfig) -> dict[str, torch.Tensor]:
+    """Official (vitkit) names -> ``CvtForImageClassification``'s: the inverse of :func:`state_dict_from_hf`."""
+    sd = dict(sd)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(cfg.num_stages):
+        dst, src = f"cvt.encoder.stages.{i}.", f"stage{i}."
+        emb = dst + "embedding.convolution_embeddings."
+        for a, b in (("projection", "patch_embed.proj"), ("normalization", "patch_embed.norm")):
+            for t in ("weight", "bias"):
+                out[f"{emb}{a}.{t}"] = take(sd, f"{src}{b}.{t}")
+        if cfg.cls_token and i == cfg.num_stages - 1:
+            out[dst + "cls_token"] = take(sd, src + "cls_token")
+        for j in range(cfg.depths[i]):
+            h, b = f"{dst}layers.{j}.", f"{src}blocks.{j}."
+            for a, c in _BLOCK.items():
+                out[f"{h}{a}.weight"] = take(sd, f"{b}{c}.weight")
+                if f"{b}{c}.bias" in sd:
+                    out[f"{h}{a}.bias"] = sd.pop(f"{b}{c}.bias")
+            for name, q in _CONV_PROJ.items():
+                conv = f"{h}attention.attention.convolution_projection_{name}.convolution_projection."
+                out[conv + "convolution.weight"] = take(sd, f"{b}attn.conv_proj_{q}.conv.weight")
+                for t in (*_BN, "num_batches_tracked"):
+                    out[f"{conv}normalization.{t}"] = take(sd, f"{b}attn.conv_proj_{q}.bn.{t}")
+    out["layernorm.weight"], out["layernorm.bias"] = take(sd, "norm.weight"), take(sd, "norm.bias")
+    if "head.weight" in sd:
+        out["classifier.weight"], out["classifier.bias"] = take(sd, "head.weight"), take(sd, "head.bias")
+    if sd:
+        raise CheckpointError(f"CvT -> transformers: no transformers name for {', '.join(sorted(sd))}")
+    return out
+
+
+def state_dict_from_release(sd: dict[str, torch.Tensor], cfg: CvTConfig) -> dict[str, torch.Tensor]:
+    """A bare state dict: Microsoft's official release (vitkit's names) or transformers' (``cvt.encoder...``)."""
+    if any(k.startswith(("cvt.encoder.", "encoder.stages.")) for k in sd):
+        return state_dict_from_hf(sd, cfg)
+    return dict(sd)
+
+
 def from_hf(hf_config: dict, sd: dict[str, torch.Tensor]) -> tuple[CvTConfig, dict, list[str] | None]:
-    cfg = config_from_hf(hf_config)
+    cfg = with_hf_extra_fields(config_from_hf(hf_config), hf_config)
     if "classifier.weight" not in sd and cfg.num_classes:
         cfg = replace_config(cfg, num_classes=0)  # a CvtModel checkpoint: backbone only
     return cfg, state_dict_from_hf(sd, cfg), class_names_from_hf(hf_config)

@@ -11,7 +11,15 @@ import re
 
 import torch
 
-from vitkit.convert.common import class_names_from_hf, hf_encoder_layer, num_labels, take
+from vitkit.convert.common import (
+    class_names_from_hf,
+    class_names_from_timm,
+    hf_encoder_layer,
+    hf_encoder_layer_from,
+    num_labels,
+    take,
+    with_hf_extra_fields,
+)
 from vitkit.errors import CheckpointError, VitkitError
 from vitkit.models.config import to_2tuple
 from vitkit.models.registry import get_entry, replace_config
@@ -53,8 +61,24 @@ def config_from_hf(hf: dict) -> SwinConfig:
         raise CheckpointError(f"Swin config.json does not describe a model vitkit can build: {e}") from None
 
 
+def stage_resolutions(cfg: SwinConfig) -> list[tuple[int, int]]:
+    """Tokens (rows, columns) of each stage at the config's ``img_size``."""
+    h, w = (-(-n // cfg.patch_size) for n in to_2tuple(cfg.img_size))
+    out = [(h, w)]
+    for _ in range(cfg.num_stages - 1):
+        h, w = -(-h // 2), -(-w // 2)
+        out.append((h, w))
+    return out
+
+
 def config_to_hf(cfg: SwinConfig) -> dict:
     """transformers' ``SwinConfig`` fields for a vitkit config (``model_type`` included)."""
+    for i, (h, w) in enumerate(stage_resolutions(cfg)):
+        if min(h, w) < cfg.window_size:  # transformers 5 keeps the full table there and fails in the forward pass
+            raise CheckpointError(
+                f"transformers cannot run this Swin: stage {i} is {h}x{w} tokens at img_size {cfg.img_size}, smaller "
+                f"than the window {cfg.window_size}; save it as vitkit (or timm) instead"
+            )
     h, w = to_2tuple(cfg.img_size)
     return {
         "model_type": "swin",
@@ -126,9 +150,37 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str
     return embed_clamped_tables(out, cfg)
 
 
+def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
+    """vitkit (timm >= 0.9) names -> ``SwinForImageClassification``'s: the inverse of :func:`state_dict_from_hf`."""
+    sd = {k: v for k, v in sd.items() if not k.endswith(("relative_position_index", "attn_mask"))}
+    p = "swin."
+    out = {
+        p + "embeddings.patch_embeddings.projection.weight": take(sd, "patch_embed.proj.weight"),
+        p + "embeddings.patch_embeddings.projection.bias": take(sd, "patch_embed.proj.bias"),
+        p + "embeddings.norm.weight": take(sd, "patch_embed.norm.weight"),
+        p + "embeddings.norm.bias": take(sd, "patch_embed.norm.bias"),
+        p + "layernorm.weight": take(sd, "norm.weight"),
+        p + "layernorm.bias": take(sd, "norm.bias"),
+    }
+    for i, depth in enumerate(cfg.depths):
+        for j in range(depth):
+            h, b = f"{p}encoder.layers.{i}.blocks.{j}.", f"layers.{i}.blocks.{j}."
+            out.update(hf_encoder_layer_from(sd, b, h, h + "attention.self.", cfg.qkv_bias))
+            out[h + "attention.self.relative_position_bias_table"] = take(sd, b + "attn.relative_position_bias_table")
+        if i + 1 < cfg.num_stages:  # merging at the start of stage i + 1 -> end of stage i
+            d = f"{p}encoder.layers.{i}.downsample."
+            for t in ("norm.weight", "norm.bias", "reduction.weight"):
+                out[d + t] = take(sd, f"layers.{i + 1}.downsample.{t}")
+    if "head.weight" in sd:
+        out["classifier.weight"], out["classifier.bias"] = take(sd, "head.weight"), take(sd, "head.bias")
+    if sd:
+        raise CheckpointError(f"Swin -> transformers: no transformers name for {', '.join(sorted(sd))}")
+    return out
+
+
 def from_hf(hf_config: dict, sd: dict[str, torch.Tensor]) -> tuple[SwinConfig, dict, list[str] | None]:
     """transformers' ``SwinForImageClassification`` (or ``SwinModel``) checkpoint -> vitkit."""
-    cfg = config_from_hf(hf_config)
+    cfg = with_hf_extra_fields(config_from_hf(hf_config), hf_config)
     if "classifier.weight" not in sd:
         cfg = replace_config(cfg, num_classes=0)  # a SwinModel checkpoint: backbone only
     return cfg, state_dict_from_hf(sd, cfg), class_names_from_hf(hf_config)
@@ -241,5 +293,67 @@ def from_timm(timm_config: dict, sd: dict[str, torch.Tensor]) -> tuple[SwinConfi
     cfg = replace_config(base, **args)
     if head_dim is not None and any(cfg.embed_dim * 2**i != head_dim * n for i, n in enumerate(cfg.num_heads)):
         raise CheckpointError(f"timm Swin head_dim={head_dim} different from dim / num_heads is not supported")
-    names = pre.get("label_names")
-    return cfg, state_dict_from_timm(sd, cfg), list(names) if names else None
+    return cfg, state_dict_from_timm(sd, cfg), class_names_from_timm(timm_config)
+
+
+# vitkit's registered names that timm registers too (the ImageNet models); others are saved under a timm name of
+# the same family, with every structural field in model_args.
+TIMM_NAME = re.compile(r"swin_(tiny|small|base|large)_patch4_window(7|12)_(224|384)")
+
+
+def to_timm(cfg: SwinConfig, sd: dict[str, torch.Tensor], model_name: str | None) -> tuple[dict, dict]:
+    """(timm's hub ``config.json`` without ``pretrained_cfg``, timm's state dict): timm builds this model from them.
+
+    timm fixes each block's window at construction: a stage not larger than the window gets a window (and bias
+    table) of its own size, as :func:`embed_clamped_tables` undoes. Where timm's windows or padding would compute
+    something else than vitkit at ``img_size`` (a non-square stage with a side not larger than the window; a shifted
+    block that needs padding, which timm pads after the shift), this is an error naming the stage.
+    """
+    ws, sd = cfg.window_size, {k: v for k, v in sd.items() if not k.endswith(("relative_position_index", "attn_mask"))}
+    for i, (h, w) in enumerate(stage_resolutions(cfg)):
+        (th, tw), m = (min(h, ws), min(w, ws)), min(h, w, ws)  # timm's window per side; vitkit's square one
+        if h != w and min(h, w) <= ws and (th, tw) != (m, m):
+            problem = f"is {h}x{w} tokens: timm's windows there are {th}x{tw}, vitkit's {m}x{m}"
+        elif h != w and min(h, w) <= ws < max(h, w) and cfg.depths[i] > 1:
+            problem = (
+                f"is {h}x{w} tokens: timm shifts the windows of its odd blocks there, vitkit (one window high) not"
+            )
+        elif min(h, w) > ws and cfg.depths[i] > 1 and (h % ws or w % ws):
+            problem = f"is {h}x{w} tokens, not a multiple of the window {ws}: timm pads after the shift, vitkit before"
+        else:
+            problem = ""
+        if problem:
+            raise CheckpointError(f"timm would compute this Swin differently at img_size {cfg.img_size}: stage {i} "
+                                  f"{problem}; save it as vitkit or transformers instead")  # fmt: skip
+        if h == w < ws:  # timm's table for the clamped window: the centre of the full one
+            side, o = 2 * ws - 1, ws - h
+            for j in range(cfg.depths[i]):
+                key = f"layers.{i}.blocks.{j}.attn.relative_position_bias_table"
+                sd[key] = sd[key].view(side, side, -1)[o : side - o, o : side - o].reshape(-1, sd[key].shape[-1])
+    if "head.weight" in sd:
+        sd["head.fc.weight"], sd["head.fc.bias"] = sd.pop("head.weight"), sd.pop("head.bias")
+    h, w = to_2tuple(cfg.img_size)
+    args = {
+        "img_size": h if h == w else [h, w],
+        "patch_size": cfg.patch_size,
+        "in_chans": cfg.in_chans,
+        "num_classes": cfg.num_classes,
+        "embed_dim": cfg.embed_dim,
+        "depths": list(cfg.depths),
+        "num_heads": list(cfg.num_heads),
+        "window_size": ws,
+        "mlp_ratio": cfg.mlp_ratio,
+        "qkv_bias": cfg.qkv_bias,
+    }
+    arch = model_name if model_name and TIMM_NAME.fullmatch(model_name) else "swin_tiny_patch4_window7_224"
+    config = {"architecture": arch, "num_classes": cfg.num_classes, "num_features": cfg.num_features,
+              "global_pool": "avg", "model_args": args}  # fmt: skip
+    return config, {k: v.contiguous() for k, v in sd.items()}
+
+
+def state_dict_from_release(sd: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
+    """A bare state dict: the official release (merging at the end of a stage, ``attn_mask`` and index buffers),
+    timm's (>= 0.9 or older) or transformers' (``swin.embeddings...``)."""
+    if any(k.startswith(("swin.embeddings.", "embeddings.patch_embeddings.")) for k in sd):
+        return state_dict_from_hf(sd, cfg)
+    return state_dict_from_timm(sd, cfg)

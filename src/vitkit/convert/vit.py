@@ -1,8 +1,19 @@
-"""Hugging Face / timm ViT checkpoints -> vitkit's VisionTransformer (timm parameter names)."""
+"""Hugging Face / timm ViT checkpoints -> vitkit's VisionTransformer (timm parameter names), and back."""
+
+import re
+import warnings
 
 import torch
 
-from vitkit.convert.common import class_names_from_hf, hf_encoder_layer, num_labels, take
+from vitkit.convert.common import (
+    class_names_from_hf,
+    class_names_from_timm,
+    hf_encoder_layer,
+    hf_encoder_layer_from,
+    num_labels,
+    take,
+    with_hf_extra_fields,
+)
 from vitkit.errors import CheckpointError, VitkitError
 from vitkit.models.config import to_2tuple
 from vitkit.models.registry import get_entry, replace_config
@@ -76,8 +87,30 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str,
     return out
 
 
+def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """vitkit (timm) names -> ``ViTForImageClassification``'s: the inverse of :func:`state_dict_from_hf`."""
+    sd = dict(sd)
+    p = "vit."
+    out = {
+        p + "embeddings.cls_token": take(sd, "cls_token"),
+        p + "embeddings.position_embeddings": take(sd, "pos_embed"),
+        p + "embeddings.patch_embeddings.projection.weight": take(sd, "patch_embed.proj.weight"),
+        p + "embeddings.patch_embeddings.projection.bias": take(sd, "patch_embed.proj.bias"),
+        p + "layernorm.weight": take(sd, "norm.weight"),
+        p + "layernorm.bias": take(sd, "norm.bias"),
+    }
+    for i in range(cfg.depth):
+        h = f"{p}encoder.layer.{i}."
+        out.update(hf_encoder_layer_from(sd, f"blocks.{i}.", h, h + "attention.attention.", cfg.qkv_bias))
+    if "head.weight" in sd:
+        out["classifier.weight"], out["classifier.bias"] = take(sd, "head.weight"), take(sd, "head.bias")
+    if sd:
+        raise CheckpointError(f"ViT -> transformers: no transformers name for {', '.join(sorted(sd))}")
+    return out
+
+
 def from_hf(hf_config: dict, sd: dict[str, torch.Tensor]) -> tuple[ViTConfig, dict, list[str] | None]:
-    cfg = config_from_hf(hf_config)
+    cfg = with_hf_extra_fields(config_from_hf(hf_config), hf_config)
     if "classifier.weight" not in sd:
         cfg = replace_config(cfg, num_classes=0)  # a ViTModel checkpoint: backbone only
     return cfg, state_dict_from_hf(sd, cfg), class_names_from_hf(hf_config)
@@ -185,14 +218,46 @@ def config_from_timm(timm_config: dict, sd: dict[str, torch.Tensor]) -> ViTConfi
         raise CheckpointError(f"timm {arch}: {e}") from None
 
 
-def class_names_from_timm(timm_config: dict) -> list[str] | None:
-    """timm writes ``label_names`` at the top level (a list or a dict index -> name), older timm in pretrained_cfg."""
-    names = timm_config.get("label_names") or (timm_config.get("pretrained_cfg") or {}).get("label_names")
-    if isinstance(names, dict):
-        names = [str(names.get(str(i), names.get(i, i))) for i in range(len(names))]
-    return [str(n) for n in names] if names else None
-
-
 def from_timm(timm_config: dict, sd: dict[str, torch.Tensor]) -> tuple[ViTConfig, dict, list[str] | None]:
     """timm's ViT uses vitkit's parameter names, so only the config needs translating."""
     return config_from_timm(timm_config, sd), dict(sd), class_names_from_timm(timm_config)
+
+
+# vitkit's registered names that timm registers too (the ImageNet models); others are saved under a timm name of
+# the same family, with every structural field in model_args.
+TIMM_NAME = re.compile(r"vit_(tiny|small|base|large)_patch(16|32)_(224|384)")
+
+
+def to_timm(cfg: ViTConfig, sd: dict[str, torch.Tensor], model_name: str | None) -> tuple[dict, dict]:
+    """(timm's hub ``config.json`` without ``pretrained_cfg``, timm's state dict): timm builds this model from them."""
+    if cfg.norm_eps != 1e-6:
+        warnings.warn(
+            f"timm's ViT uses LayerNorm eps 1e-6, this model {cfg.norm_eps:g} (weights from transformers): timm's "
+            "outputs will differ from vitkit's in the last digits",
+            stacklevel=3,
+        )
+    h, w = to_2tuple(cfg.img_size)
+    args = {
+        "img_size": h if h == w else [h, w],
+        "patch_size": cfg.patch_size,
+        "in_chans": cfg.in_chans,
+        "num_classes": cfg.num_classes,
+        "global_pool": cfg.global_pool,
+        "embed_dim": cfg.embed_dim,
+        "depth": cfg.depth,
+        "num_heads": cfg.num_heads,
+        "mlp_ratio": cfg.mlp_ratio,
+        "qkv_bias": cfg.qkv_bias,
+        "class_token": cfg.class_token,
+    }
+    arch = model_name if model_name and TIMM_NAME.fullmatch(model_name) else "vit_base_patch16_224"
+    config = {"architecture": arch, "num_classes": cfg.num_classes, "num_features": cfg.embed_dim,
+              "global_pool": cfg.global_pool, "model_args": args}  # fmt: skip
+    return config, dict(sd)
+
+
+def state_dict_from_release(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """A bare state dict in timm's names (vitkit's own) or transformers' (``vit.embeddings...``)."""
+    if any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings.")) for k in sd):
+        return state_dict_from_hf(sd, cfg)
+    return dict(sd)

@@ -13,9 +13,11 @@ file, for training, evaluation, prediction and serving alike.
 * 16-bit and float images are scaled to 8 bits from their own range; other colour spaces (LAB, HSV) become RGB.
 """
 
+import io
 import os
 import stat
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -49,25 +51,44 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         os.close(fd)
         raise VitkitError(f"{path}: not a regular file")
     with open(fd, "rb") as f:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(f) as img:
-                    img.load()
-                    img = ImageOps.exif_transpose(img)  # a copy, upright
-                    if img.mode == "P":
-                        return img.convert("RGBA")
-                    return img if img.mode in CHANNEL_MODES else img.convert("RGB")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise VitkitError(
-                f"{path}: refused to decode ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine"
-            ) from None
-        except UnidentifiedImageError:
-            raise VitkitError(f"{path}: cannot read image (unknown format or corrupt header)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise VitkitError(f"{path}: cannot read image ({type(e).__name__}: {e}); corrupt or truncated?") from None
-        except Exception as e:  # a decoder's own failure on a malformed file (struct.error, IndexError, ...)
-            raise VitkitError(f"{path}: cannot read image ({type(e).__name__}: {e}); corrupt?") from None
+        return _decode(f, str(path), bomb_hint="; raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine")
+
+
+def decode_image(data: bytes, name: str = "image", *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image held in memory (an upload) as :func:`open_image` decodes a file; errors name ``name``.
+
+    ``max_pixels`` refuses a larger image from its header, before a single pixel is decoded: a server can set a
+    limit well below PIL's process-wide ``MAX_IMAGE_PIXELS``.
+    """
+    return _decode(io.BytesIO(data), name, max_pixels=max_pixels)
+
+
+def _decode(f: BinaryIO, name: str, max_pixels: int | None = None, bomb_hint: str = "") -> Image.Image:
+    """The decoding both share: fully loaded, upright, in a mode :func:`to_channels` converts; one-line errors."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as img:
+                w, h = img.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise VitkitError(
+                        f"{name}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (decompression bomb?)"
+                    )
+                img.load()
+                img = ImageOps.exif_transpose(img)  # a copy, upright
+                if img.mode == "P":
+                    return img.convert("RGBA")
+                return img if img.mode in CHANNEL_MODES else img.convert("RGB")
+    except VitkitError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise VitkitError(f"{name}: refused to decode ({e}){bomb_hint}") from None
+    except UnidentifiedImageError:
+        raise VitkitError(f"{name}: cannot read image (unknown format or corrupt header)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise VitkitError(f"{name}: cannot read image ({type(e).__name__}: {e}); corrupt or truncated?") from None
+    except Exception as e:  # a decoder's own failure on a malformed file (struct.error, IndexError, ...)
+        raise VitkitError(f"{name}: cannot read image ({type(e).__name__}: {e}); corrupt?") from None
 
 
 def to_channels(img: Image.Image, channels: int) -> Image.Image:

@@ -14,6 +14,9 @@ swapped for engine versions:
 * CPU batches whose widest temporary would be huge run in slices (no page faults on every call);
 * optionally, Linear weights pre-packed in oneDNN's layout (``pack_weights=True``).
 
+``forward_intermediates`` and a ``features_only`` backbone (:class:`~vitkit.models.features.FeatureModel`, whose
+inner model is optimized) run the same swapped modules.
+
 Each swap falls back to the reference computation wherever its fast path does not apply (autograd, tracing or export,
 attention maps being recorded, other devices or dtypes for the CPU-only parts), so an optimized model gives the
 reference's numbers to float rounding everywhere. It is inference-only: ``train()`` and ``load_state_dict()`` raise.
@@ -32,6 +35,7 @@ from vitkit.engine.linear import HAS_FUSED_LINEAR, PackedLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
 from vitkit.errors import VitkitError
 from vitkit.kernels import unavailable_reason
+from vitkit.models.features import FeatureModel
 from vitkit.settings import EngineSettings
 
 FAMILIES = {family.MODEL[0]: family for family in (vit, swin, cvt)}
@@ -54,6 +58,9 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     if unknown:
         raise VitkitError(f"optimize: unknown switch(es) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     settings = EngineSettings(**switches)
+    if isinstance(model, FeatureModel):  # a features_only backbone: optimize the model inside
+        inner = optimize(model.model, inplace=inplace, share_weights=share_weights, **switches)
+        return model if inplace else FeatureModel(inner, model.out_indices, model.norm)
     if is_optimized(model):
         raise VitkitError("optimize: this model is already optimized")
     family = FAMILIES.get(type(model))

@@ -61,8 +61,18 @@ class InferenceModel:
             "the reference model, then call vitkit.optimize on it again"
         )
 
+    def _needs_no_grad(self, x: torch.Tensor) -> bool:
+        """Autograd is on, but nothing needs a gradient: the call may run under no_grad (the fast paths)."""
+        return torch.is_grad_enabled() and not x.requires_grad and not any(p.requires_grad for p in self.parameters())
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and not x.requires_grad and not any(p.requires_grad for p in self.parameters()):
-            with torch.no_grad():  # nothing needs a gradient: the fast paths may run
+        if self._needs_no_grad(x):
+            with torch.no_grad():
                 return self.forward_features(x)
         return super().forward_features(x)
+
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        if self._needs_no_grad(x):
+            with torch.no_grad():
+                return self.forward_intermediates(x, *args, **kwargs)
+        return super().forward_intermediates(x, *args, **kwargs)

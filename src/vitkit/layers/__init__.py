@@ -1,6 +1,6 @@
 """Building blocks that are truly identical across the three families."""
 
-from vitkit.layers.attention import AttentionMap, RecordsAttention, attention, get_attention_maps
+from vitkit.layers.attention import AttentionMap, RecordsAttention, attention, get_attention_maps, record_attention
 from vitkit.layers.drop_path import DropPath, drop_path, drop_path_rates
 from vitkit.layers.mlp import Mlp
 
@@ -13,4 +13,5 @@ __all__ = [
     "drop_path",
     "drop_path_rates",
     "get_attention_maps",
+    "record_attention",
 ]

@@ -2,8 +2,8 @@
 
 SDPA (``F.scaled_dot_product_attention``) never materialises the (N x N) weights, so a module that has been asked to
 record them (``record_attention = True``) takes the explicit path for that call. Explain tools use
-:func:`get_attention_maps`, which flips the flag on every attention module of a model, runs one forward pass, and
-collects what each module stored.
+:func:`record_attention` (maps and logits) or :func:`get_attention_maps` (maps only), which flip the flag on every
+attention module of a model, run one forward pass, and collect what each module stored.
 """
 
 from dataclasses import dataclass, field
@@ -23,8 +23,13 @@ def attention(
     attn_bias: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     need_weights: bool = False,
+    weights_shape: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """q: (B, h, Nq, d), k/v: (B, h, Nk, d), attn_bias broadcastable to (B, h, Nq, Nk), added to logits."""
+    """q: (B, h, Nq, d), k/v: (B, h, Nk, d), attn_bias broadcastable to (B, h, Nq, Nk), added to logits.
+
+    With ``need_weights`` the weights come back too, viewed as ``weights_shape`` if given (Swin: windows and heads
+    apart). That view is what multiplies ``v``, so it lies on the path to the output and gradients reach it.
+    """
     if not need_weights:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
         return out, None
@@ -32,7 +37,10 @@ def attention(
     if attn_bias is not None:
         logits = logits + attn_bias
     weights = logits.softmax(dim=-1)
-    out = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
+    if weights_shape is not None:
+        weights = weights.view(weights_shape)
+    used = weights.view(logits.shape)
+    out = F.dropout(used, dropout_p) @ v if dropout_p > 0 else used @ v
     return out, weights
 
 
@@ -63,21 +71,31 @@ class RecordsAttention:
         self.attention_meta = meta
 
 
-def get_attention_maps(model: nn.Module, x: torch.Tensor) -> list[AttentionMap]:
-    """Run ``model(x)`` once and return the attention weights of every attention layer, in order.
+def record_attention(model: nn.Module, x: torch.Tensor) -> tuple[list[AttentionMap], torch.Tensor]:
+    """Run ``model(x)`` once; return the attention weights of every attention layer, in order, and the output.
 
-    Gradients are kept if autograd is enabled (for gradient-weighted explanations); wrap the call in
-    ``torch.no_grad()`` to save memory.
+    The output (the logits of a classifier) comes from the same forward pass as the maps, so an explanation that
+    needs both (gradient-weighted rollout differentiates the target logit by each map) runs the model once. Gradients
+    are kept if autograd is enabled; wrap the call in ``torch.no_grad()`` to save memory.
     """
     modules = [(n, m) for n, m in model.named_modules() if isinstance(m, RecordsAttention)]
     for _, m in modules:
         m.record_attention = True
     try:
-        model(x)
+        output = model(x)
         maps = [AttentionMap(n, m.attention_map, dict(m.attention_meta or {})) for n, m in modules]
     finally:
         for _, m in modules:
             m.record_attention = False
             m.attention_map = None
             m.attention_meta = None
-    return [a for a in maps if a.weights is not None]
+    return [a for a in maps if a.weights is not None], output
+
+
+def get_attention_maps(model: nn.Module, x: torch.Tensor) -> list[AttentionMap]:
+    """Run ``model(x)`` once and return the attention weights of every attention layer, in order.
+
+    Gradients are kept if autograd is enabled (for gradient-weighted explanations); wrap the call in
+    ``torch.no_grad()`` to save memory.
+    """
+    return record_attention(model, x)[0]

@@ -78,10 +78,12 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is tuple:
         args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])}s"
-        return f"a pair of {_describe(args[0])}s"
+        kind = "a list" if len(args) == 2 and args[1] is Ellipsis else "a pair"
+        return f"{kind} of {_PLURAL.get(args[0], str(args[0]))}"
     return {int: "an int", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+_PLURAL = {int: "ints", float: "numbers", bool: "booleans", str: "strings"}
 
 
 def _coerce(value: Any, tp: Any) -> Any:

@@ -21,11 +21,11 @@ depth sits on each residual branch and ramps linearly over all blocks of all sta
 """
 
 import contextlib
+import math
 import threading
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -33,6 +33,7 @@ from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, drop_path_
 from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import VisionModel
 from vitkit.models.config import ModelConfig
+from vitkit.models.features import FeatureInfo
 from vitkit.models.registry import register_family, register_model
 
 PER_STAGE = ("patch_sizes", "patch_strides", "patch_paddings", "embed_dims", "depths", "num_heads")
@@ -129,8 +130,12 @@ class ConvProj(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, h*w, C), h = H / stride
         x = self.conv(x)
         if self.training and getattr(_recomputing, "active", False):  # recomputation: no second statistics update
-            stats = self.bn.running_mean.clone(), self.bn.running_var.clone()  # updated and thrown away
-            x = F.batch_norm(x, *stats, self.bn.weight, self.bn.bias, True, 0.0, self.bn.eps)
+            # through self.bn itself, so a BatchNorm synchronised across processes normalises the same way again
+            saved = [b.clone() for b in self.bn.buffers()]
+            x = self.bn(x)
+            with torch.no_grad():
+                for b, s in zip(self.bn.buffers(), saved, strict=True):
+                    b.copy_(s)
         else:
             x = self.bn(x)
         return x.flatten(2).transpose(1, 2)
@@ -275,21 +280,29 @@ class CvT(VisionModel):
     def num_features(self) -> int:
         return self.config.embed_dims[-1]
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        self.grad_checkpointing = enabled
-        for stage in self.stages:
-            stage.grad_checkpointing = enabled
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """One level per stage: ``embed_dims[i]`` channels, the product of the embedding strides so far."""
+        c = self.config
+        return FeatureInfo([dict(num_chs=c.embed_dims[i], reduction=math.prod(c.patch_strides[: i + 1]),
+                                 module=f"stage{i}") for i in range(c.num_stages)])  # fmt: skip
+
+    def forward_trunk(self, x: torch.Tensor, take=frozenset(), stop: int | None = None):
+        """The stages (the first ``stop``): the last one's tokens (B, [1+]N, D), those in ``take`` with their grid."""
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"expected input (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
+        B, stages, taken = x.shape[0], self.stages[:stop], []
+        for i, stage in enumerate(stages):
+            x, H, W = stage(x)  # (B, [1+]N, D)
+            if i in take:
+                taken.append((x, (H, W)))
+            if i < len(stages) - 1:  # tokens -> map for the next stage's embedding
+                x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, D, H, W), channels-last: no copy
+        return x, taken
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> final-normed tokens (B, [1+]N, D) of the last stage, [CLS] first if it has one."""
-        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(f"expected input (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
-        B = x.shape[0]
-        for i, stage in enumerate(self.stages):
-            x, H, W = stage(x)  # (B, [1+]N, D)
-            if i < len(self.stages) - 1:  # tokens -> map for the next stage's embedding
-                x = x.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, D, H, W), channels-last: no copy
-        return self.norm(x)
+        return self.norm(self.forward_trunk(x)[0])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0] if self.config.cls_token else x.mean(dim=1)  # (B, D)

@@ -19,6 +19,7 @@ side and no shift. Parameter names follow timm (>= 0.9), so timm checkpoints loa
 
 import math
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, drop_path_
 from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import VisionModel
 from vitkit.models.config import ModelConfig
+from vitkit.models.features import FeatureInfo
 from vitkit.models.registry import register_family, register_model
 
 
@@ -195,12 +197,11 @@ class WindowAttention(nn.Module, RecordsAttention):
         bias = bias.expand(nW, heads, N, N).reshape(1, nW * heads, N, N)  # the same for every image
         dropout_p, bias = self.attn_drop if self.training else 0.0, bias.to(q.dtype)
         out, weights = attention(
-            q, k, v, scale=self.scale, attn_bias=bias, dropout_p=dropout_p, need_weights=self.record_attention
-        )
+            q, k, v, scale=self.scale, attn_bias=bias, dropout_p=dropout_p, need_weights=self.record_attention,
+            weights_shape=(B, nW, heads, N, N),
+        )  # fmt: skip
         if weights is not None:
-            self.store_attention(
-                weights.reshape(B, nW, heads, N, N), window_size=window, stage=self.stage_idx, block=self.block_idx
-            )
+            self.store_attention(weights, window_size=window, stage=self.stage_idx, block=self.block_idx)
         out = out.view(B, nW, heads, N, C // heads).transpose(2, 3).reshape(B, nW, N, C)  # heads side by side
         return self.proj_drop(self.proj(out))
 
@@ -296,17 +297,25 @@ class SwinTransformer(VisionModel):
     def num_features(self) -> int:
         return self.config.num_features
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        self.grad_checkpointing = enabled
-        for stage in self.layers:
-            stage.grad_checkpointing = enabled
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """One level per stage: ``stage_dim(i)`` channels, ``patch_size * 2**i`` pixels per token."""
+        c = self.config
+        return FeatureInfo([dict(num_chs=c.stage_dim(i), reduction=c.patch_size * 2**i, module=f"layers.{i}")
+                            for i in range(c.num_stages)])  # fmt: skip
+
+    def forward_trunk(self, x: torch.Tensor, take=frozenset(), stop: int | None = None):
+        """Embedding and stages (the first ``stop``): the last map (B, H', W', C), the stages in ``take`` as tokens."""
+        x, taken = self.pos_drop(self.patch_embed(x)), []  # (B, H/p, W/p, D)
+        for i, stage in enumerate(islice(self.layers, stop)):
+            x = stage(x)
+            if i in take:
+                taken.append((x.flatten(1, 2), tuple(x.shape[1:3])))
+        return x, taken
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H', W', num_features), channels last like timm; H' = ceil(H / patch / 2^(S-1))."""
-        x = self.pos_drop(self.patch_embed(x))  # (B, H/p, W/p, D)
-        for stage in self.layers:
-            x = stage(x)
-        return self.norm(x)
+        return self.norm(self.forward_trunk(x)[0])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x.mean(dim=(1, 2)))  # the average of all tokens

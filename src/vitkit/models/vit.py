@@ -14,6 +14,7 @@ sides are multiples of the patch works: the position embedding is resampled bicu
 
 import math
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from vitkit.layers import DropPath, Mlp, RecordsAttention, attention, drop_path_
 from vitkit.layers.init import init_linear_and_norms_
 from vitkit.models.base import VisionModel
 from vitkit.models.config import HALF_MEAN, HALF_STD, ModelConfig, to_2tuple
+from vitkit.models.features import FeatureInfo
 from vitkit.models.registry import register_family, register_model
 
 
@@ -150,6 +152,7 @@ def resample_pos_embed(
 class VisionTransformer(VisionModel):
     family = "vit"
     stem_key = "patch_embed.proj.weight"
+    norm_every_level = True
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
@@ -185,8 +188,21 @@ class VisionTransformer(VisionModel):
         """The patch grid (rows, columns) of an input image."""
         return x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> final-normed tokens (B, [1+]N, D)."""
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """One level per block: the patch grid, ``embed_dim`` channels."""
+        cfg = self.config
+        return FeatureInfo(
+            [dict(num_chs=cfg.embed_dim, reduction=cfg.patch_size, module=f"blocks.{i}") for i in range(cfg.depth)]
+        )
+
+    @property
+    def default_out_indices(self) -> int:
+        return min(3, self.config.depth)  # timm's default for ViT: the last three blocks
+
+    def forward_trunk(self, x: torch.Tensor, take=frozenset(), stop: int | None = None):
+        """Embedding and blocks (the first ``stop``): the last block's tokens (B, [1+]N, D) and those of the blocks
+        in ``take`` with the patch grid."""
         cfg = self.config
         grid = self.grid(x)
         x = self.patch_embed(x)  # (B, N, D)
@@ -194,12 +210,19 @@ class VisionTransformer(VisionModel):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
         pos = resample_pos_embed(self.pos_embed, grid, cfg.grid_size, self.num_prefix_tokens, cfg.pos_embed_antialias)
         x = self.pos_drop(x + pos)
-        for blk in self.blocks:
+        taken = []
+        for i, blk in enumerate(islice(self.blocks, stop)):
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(blk, x, use_reentrant=False)  # recomputed in backward instead of stored
             else:
                 x = blk(x)
-        return self.norm(x)
+            if i in take:
+                taken.append((x, grid))
+        return x, taken
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> final-normed tokens (B, [1+]N, D)."""
+        return self.norm(self.forward_trunk(x)[0])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.config.global_pool == "avg":
@@ -211,10 +234,14 @@ class VisionTransformer(VisionModel):
 
     def get_attention_maps(self, x):
         """Per block: weights (B, heads, 1+N, 1+N); token 0 is [CLS], then patches in raster order."""
-        maps = super().get_attention_maps(x)
+        return super().get_attention_maps(x)
+
+    def forward_with_attention(self, x):
+        """The maps of :meth:`get_attention_maps` (``meta``: grid, num_prefix_tokens) and the logits."""
+        maps, logits = super().forward_with_attention(x)
         for m in maps:
             m.meta.update(grid=self.grid(x), num_prefix_tokens=self.num_prefix_tokens)
-        return maps
+        return maps, logits
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}

@@ -20,12 +20,13 @@ from typing import Any
 
 from vitkit.errors import VitkitError
 from vitkit.models.config import LIMITS
-from vitkit.models.registry import parse_overrides
+from vitkit.models.registry import get_entry, list_models, parse_overrides, replace_config
 from vitkit.utils.devices import DEVICE_NAMES, is_device_name
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 AUG_CHOICES = ("none", "flip", "randaugment", "trivialaugment")
 PROGRESS_CHOICES = ("auto", "bar", "log", "none")
+STRATEGY_CHOICES = ("ddp", "fsdp")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -102,6 +103,14 @@ class TrainConfig:
     tensorboard: bool = _f(True, "also write TensorBoard event files when tensorboard is installed")
     deterministic: bool = _f(False, "use deterministic algorithms (slower; CPU runs are reproducible anyway)")
     compile: bool = _f(False, "torch.compile the model")
+    # --- several processes (torchrun) ----------------------------------------------------------
+    strategy: str = _f(
+        "ddp",
+        "with several processes: ddp (a full copy each) | fsdp (FSDP2: parameters, gradients and optimizer state "
+        "sharded per block; Distributed Checkpoints)",
+        choices=STRATEGY_CHOICES,
+    )
+    sync_bn: bool = _f(True, "with several processes, BatchNorm (CvT) uses the statistics of the global batch")
 
     def __post_init__(self) -> None:
         """The one check of every user value (flags, YAML/TOML/JSON files and Python all land here)."""
@@ -115,9 +124,16 @@ class TrainConfig:
         def bad(name: str, why: str) -> VitkitError:
             return VitkitError(f"{_flag(name)} ({name}): {why}, got {getattr(self, name)!r}")
 
-        for name, choices in (("amp", AMP_CHOICES), ("aug", AUG_CHOICES), ("progress", PROGRESS_CHOICES)):
+        for name, choices in (
+            ("amp", AMP_CHOICES),
+            ("aug", AUG_CHOICES),
+            ("progress", PROGRESS_CHOICES),
+            ("strategy", STRATEGY_CHOICES),
+        ):
             if getattr(self, name) not in choices:
                 raise bad(name, f"must be one of {', '.join(choices)}")
+        if self.strategy == "fsdp" and self.amp == "fp16":
+            raise bad("amp", "fp16 (a gradient scaler) is not supported with strategy fsdp; use bf16")
         if not is_device_name(self.device):
             raise bad("device", f"must be {DEVICE_NAMES}")
         if self.epochs is not None and self.epochs < 1:
@@ -162,8 +178,10 @@ class TrainConfig:
             raise bad("output_dir", "must name a directory")
         if not self.model and not self.pretrained:
             raise bad("model", "give a model name (or --pretrained SOURCE)")
-        try:
-            parse_overrides(self.model_args)  # fail early on a malformed string
+        try:  # fail early on a malformed string, or on a value the model's config refuses (depth=10**9)
+            overrides = parse_overrides(self.model_args)
+            if self.model in list_models() and not self.pretrained:
+                replace_config(get_entry(self.model).config, **overrides)
         except VitkitError as e:
             raise VitkitError(f"{_flag('model_args')} (model_args): {e}") from None
 

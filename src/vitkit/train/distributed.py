@@ -7,6 +7,7 @@ on GPUs and Gloo on CPUs; each process owns GPU ``LOCAL_RANK``.
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -14,6 +15,7 @@ import torch.distributed as dist
 from vitkit.errors import VitkitError
 
 _CPU = torch.device("cpu")
+_groups_created = 0  # process groups this process has created (each train() call under torchrun creates one)
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,30 @@ def setup(device: str = "auto") -> DistInfo:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **_store_for_this_attempt(rank, world))
         created = True
     return DistInfo(rank, world, local_rank, dev, created)
+
+
+def _store_for_this_attempt(rank: int, world: int) -> dict[str, Any]:
+    """``init_process_group`` arguments that keep the rendezvous keys of each torchrun attempt (and of each process
+    group a process creates, one per ``train()`` call) apart.
+
+    torchrun (c10d rendezvous) hands its processes its own key-value store and keeps it when ``--max-restarts``
+    starts them again; without a prefix of their own, a restarted process can read the address that a process of the
+    failed attempt published, and wait on a dead peer (pytorch/pytorch#135712).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    from torch.distributed.constants import default_pg_timeout
+
+    global _groups_created
+    _groups_created += 1
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=default_pg_timeout
+    )
+    prefix = f"vitkit/attempt{restart_count()}/group{_groups_created}"
+    return {"store": dist.PrefixStore(prefix, store), "rank": rank, "world_size": world}
 
 
 def teardown(info: DistInfo) -> None:
@@ -86,6 +109,32 @@ def all_reduce_min(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     t = t.to(info.device, torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t.cpu()
+
+
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Maximum over ranks (e.g. the largest number of batches any rank has)."""
+    if not info.enabled:
+        return t
+    t = t.to(info.device, torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu()
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def restart_count() -> int:
+    """How often torchrun has restarted the job's processes (``--max-restarts``) after one of them failed."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
 
 
 def average_gradients(model: torch.nn.Module, info: DistInfo) -> None:

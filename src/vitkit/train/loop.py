@@ -30,7 +30,7 @@ from vitkit.errors import CheckpointError, VitkitError
 from vitkit.factory import create_model
 from vitkit.hub import from_pretrained
 from vitkit.models.registry import parse_overrides
-from vitkit.train import distributed
+from vitkit.train import dcp, distributed, sharding
 from vitkit.train.budget import TrainingClock, budget_text, build_schedule, planned_epochs
 from vitkit.train.config import TrainConfig, TrainResult
 from vitkit.train.optim import ModelEma, adamw, param_groups
@@ -116,13 +116,16 @@ def validate(model, loader: Loader, device: torch.device, amp: str, info) -> dic
     was_training = model.training
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)  # loss, correct@1, correct@5, count, skipped
-    for x, y, skipped in loader.batches(0):
+    sharded = sharding.is_sharded(model)
+    for x, y, skipped in sharding.lockstep_batches(loader, info) if sharded else loader.batches(0):
         sums[4] += skipped
-        if len(y) == 0:
+        if len(y) == 0 and not sharded:
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
+        if len(y) == 0:  # a stand-in batch that kept this process in step with the others
+            continue
         logits = logits.float()
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices
@@ -200,7 +203,7 @@ def remove_run(out: Path) -> None:
         return
     for name in _RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    checkpoints = [f".{d}.{suffix}" for d in ("best", "last", "final") for suffix in ("tmp", "old")]
+    checkpoints = [f".{d}.{suffix}" for d in ("best", "last", "final") for suffix in ("tmp", "old", "shards.tmp")]
     for path in out.iterdir():
         if path.name in _RUN_DIRS or path.name in checkpoints or (path.name.startswith("eval") and path.is_dir()):
             if path.is_dir() and not path.is_symlink():
@@ -237,6 +240,8 @@ def _train(
 
     # 1. where to resume from (decided before anything is written)
     resume_dir = None
+    if not cfg.resume and distributed.restart_count() > 0:  # torchrun restarted the job: continue where it was
+        cfg = cfg.replace(resume="auto")
     if cfg.resume:
         wanted = out / "last" if cfg.resume in ("auto", "last") else Path(cfg.resume)
         if not (wanted / STATE_JSON).is_file() and ((wanted / "last").is_dir() or (wanted / ".last.old").is_dir()):
@@ -292,16 +297,14 @@ def _train(
     batches_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
     epochs = planned_epochs(cfg)  # None: the budget ends the run
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    net = sharding.distribute(model, ema.module if ema is not None else None, cfg, info)  # DDP, or FSDP in place
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     if not groups:
         raise VitkitError("no trainable parameters (is everything frozen?)")
     optimizer = adamw(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler, budget = build_schedule(cfg, optimizer, steps_per_epoch)
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-    net = model
-    if info.enabled:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     fwd = torch.compile(net) if cfg.compile else net
 
     # 5. state that a checkpoint restores
@@ -311,11 +314,15 @@ def _train(
     running = [0.0, 0.0, 0.0, 0.0]  # this epoch: loss sum, correct, images, skipped images
     if resume_dir is not None:
         state, tensors, _ = load_checkpoint(resume_dir)
-        _check_compatible(state["config"], cfg, resume_dir)
-        model.load_state_dict(load_model_weights(resume_dir))
-        load_optimizer_state(optimizer, state["optimizer"], tensors)
+        _check_compatible(state, cfg, resume_dir, info.world_size)
+        if dcp.has_shards(resume_dir) or sharding.is_sharded(model):
+            dcp.load(resume_dir, state, tensors, model, optimizer, ema.module if ema is not None else None, info)
+        else:
+            model.load_state_dict(load_model_weights(resume_dir))
+            load_optimizer_state(optimizer, state["optimizer"], tensors)
+            if ema is not None:
+                ema.module.load_state_dict({k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")})
         if ema is not None:
-            ema.module.load_state_dict({k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")})
             ema.updates = state["ema_updates"]
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -326,7 +333,7 @@ def _train(
         budget.load_state_dict(state.get("budget", {}), step)
         clock = TrainingClock(clock.now, budget.train_time_s)
         scheduler.load_state_dict(state["scheduler"])
-        history, best, running = state["history"], state["best"], state["running"]
+        history, best, running = state["history"], state["best"], _running_share(state, info)
         say(f"resumed from {resume_dir}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
 
     # Everything that can fail early (settings, data, model, the checkpoint to resume) has been checked: only now is
@@ -350,22 +357,28 @@ def _train(
         f"model {getattr(model, 'model_name', None) or cfg.pretrained}: {model.num_params() / 1e6:.2f}M params "
         f"({model.num_params(trainable_only=True) / 1e6:.2f}M trainable), input {spec.in_chans}x{spec.img_size}; "
         f"data {len(train_ds)} train / {len(val_ds)} val, {len(classes)} classes; device {device}"
-        + (f" x {info.world_size} processes" if info.enabled else "")
+        + (f" x {info.world_size} processes ({cfg.strategy})" if info.enabled else "")
+        + f"; global batch {cfg.batch_size * info.world_size * cfg.accum_steps}"
     )
 
     def checkpoint(name: str, *, at_epoch: int, at_batch: int, weights=None, full: bool = True) -> Path | None:
         """Everything needed to continue from (epoch, batch); written on rank 0 only."""
         rng_json, rng_tensors = rng_state()
         if info.enabled:  # every rank's torch RNG, so drop-path noise continues per rank
-            states = [torch.empty_like(rng_tensors["rng.torch"]) for _ in range(info.world_size)]
-            torch.distributed.all_gather_object(states, rng_tensors["rng.torch"])
+            states = distributed.gather_objects(rng_tensors["rng.torch"], info)
             rng_tensors |= {f"rng.torch.rank{r}": s for r, s in enumerate(states) if r}
+        # collectives first (every rank): each rank's running sums, the shards of a Distributed Checkpoint, the full
+        # weights of a sharded model
+        running_by_rank = distributed.gather_objects(list(running), info)
+        ema_model = ema.module if ema is not None else None
+        shards = dcp.save(out / name, model, optimizer, ema_model, info) if full and cfg.strategy == "fsdp" else None
+        full_weights = sharding.full_state_dict(weights if weights is not None else model)
         if not main:
             return None
-        opt_json, tensors = optimizer_state(optimizer) if full else ({}, {})
+        opt_json, tensors = optimizer_state(optimizer) if full and shards is None else ({}, {})
         if full:
             tensors |= rng_tensors
-            if ema is not None:
+            if ema is not None and shards is None:
                 tensors |= {f"ema.{k}": v for k, v in ema.module.state_dict().items()}
         state = {
             "config": cfg.to_dict(),
@@ -375,7 +388,8 @@ def _train(
             "metrics": history[-1] if history else {},
             "history": history,
             "best": best,
-            "running": running,
+            "running": [sum(v) for v in zip(*running_by_rank, strict=True)],  # over every rank
+            "running_by_rank": running_by_rank,
             "scheduler": scheduler.state_dict(),
             "budget": budget.state_dict(),
             "optimizer": opt_json,
@@ -385,7 +399,9 @@ def _train(
             "world_size": info.world_size,
             "ema_updates": ema.updates if ema is not None else 0,
         }
-        return save_checkpoint(out / name, model, state=state, tensors=tensors, weights=weights)
+        return save_checkpoint(
+            out / name, model, state=state, tensors=tensors, weights=weights, state_dict=full_weights, shards=shards
+        )
 
     def emit(event: str, payload: dict[str, Any]) -> None:
         for cb in callbacks:
@@ -434,7 +450,9 @@ def _train(
                     smoothing=cfg.label_smoothing,
                     rng=mix_rng,
                 )
-                sync = net.no_sync() if info.enabled and not last_in_group else nullcontext()
+                # DDP all-reduces once per group; FSDP reduce-scatters every batch into the gradient shards
+                ddp = isinstance(net, DistributedDataParallel)
+                sync = net.no_sync() if ddp and not last_in_group else nullcontext()
                 with sync:
                     with autocast(device, cfg.amp):
                         logits = fwd(x)
@@ -453,7 +471,7 @@ def _train(
                 continue
 
             # one optimizer step per accumulation group
-            if info.enabled and group_ran and not usable:  # the batch whose backward would have synced was dropped
+            if isinstance(net, DistributedDataParallel) and group_ran and not usable:  # the syncing batch was dropped
                 distributed.average_gradients(model, info)
             group_ran = False
             elapsed = clock.elapsed() if info.rank == 0 else 0.0  # one clock: rank 0's (the others add 0)
@@ -468,7 +486,7 @@ def _train(
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if cfg.clip_grad > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad).item()
+                grad_norm = sharding.clip_grad_norm(model.parameters(), cfg.clip_grad)
             else:
                 grad_norm = float("nan")
             if scaler is not None:
@@ -533,6 +551,7 @@ def _train(
             record |= {"train_time_s": budget.train_time_s, "budget_fraction": budget.fraction}
         if sums[3] > 0:
             record["skipped_images"] = int(sums[3].item())
+        record["param_optimizer_bytes"] = sharding.param_optimizer_bytes(model, optimizer, info)
         if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == epochs or stop_reason is not None:
             val = validate(model, val_loader, device, cfg.amp, info)
             record |= {f"val_{k}": v for k, v in val.items()}
@@ -603,18 +622,38 @@ _RESUME_MAY_CHANGE = {
     "output_dir",
     "eval_every_epochs",
     "compile",
+    "strategy",
+    "batch_size",  # per process: what must stay is the global batch, checked on its own
 }
 
 
-def _check_compatible(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
-    now = cfg.to_dict()
+def _check_compatible(state: dict[str, Any], cfg: TrainConfig, where: Path, world_size: int) -> None:
+    """The settings that shape the saved state are those of the checkpoint; the number of processes may change
+    when the global batch (``batch_size`` x processes) does not."""
+    saved, now = state["config"], cfg.to_dict()
     diff = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}"
         for k in now
         if k not in _RESUME_MAY_CHANGE and k in saved and _norm(saved[k]) != _norm(now[k])
     ]
+    saved_world = state.get("world_size", 1)
+    if "batch_size" in saved and saved["batch_size"] * saved_world != cfg.batch_size * world_size:
+        diff.append(
+            f"global batch: checkpoint {saved['batch_size']} x {saved_world} process(es) vs now "
+            f"{cfg.batch_size} x {world_size} (set batch_size so that batch_size x processes stays "
+            f"{saved['batch_size'] * saved_world})"
+        )
     if diff:
         raise CheckpointError(f"cannot resume from {where}: settings changed ({'; '.join(diff)})")
+
+
+def _running_share(state: dict[str, Any], info: distributed.DistInfo) -> list[float]:
+    """This rank's part of the epoch's running sums in a checkpoint: its own when the number of processes is the
+    same, else the total on rank 0 (they are summed over ranks at the end of the epoch)."""
+    shares = state.get("running_by_rank") or [state["running"]]
+    if len(shares) == info.world_size:
+        return list(shares[info.rank])
+    return list(state["running"]) if info.is_main else [0.0] * len(state["running"])
 
 
 def _norm(v: Any) -> Any:

@@ -6,6 +6,8 @@
       training_state.safetensors  optimizer moments, EMA weights, torch/CUDA RNG states
       trainer_state.json        TrainConfig, epoch, step, batch in epoch, metrics, history, scheduler,
                                 optimizer hyper-parameters, numpy/python RNG states, SHA-256 of the files
+      dcp/                      (--strategy fsdp) model, optimizer and EMA as a Distributed Checkpoint: each
+                                process wrote its shards; the moments are then not in training_state.safetensors
 
 A checkpoint is written into a temporary sibling directory (every file fsynced), then swapped in
 with renames; ``trainer_state.json`` is written last, so a directory without it is incomplete. A crash
@@ -35,6 +37,7 @@ from vitkit.utils.io import atomic_save_safetensors, atomic_write_json, sha256_f
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "training_state.safetensors"
+SHARDS_DIR = "dcp"
 FORMAT_VERSION = 1
 
 
@@ -104,10 +107,15 @@ def save_checkpoint(
     state: dict[str, Any],
     tensors: dict[str, torch.Tensor],
     weights: torch.nn.Module | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    shards: dict[str, str] | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``directory`` (replacing an older one only once the new one is whole).
 
-    ``weights`` (e.g. the EMA model) goes into model.safetensors instead of ``model`` when given. A write that fails
+    ``weights`` (e.g. the EMA model) goes into model.safetensors instead of ``model`` when given; ``state_dict``
+    instead of its own state dict (full weights gathered from a sharded model). ``shards`` ({``dcp/<file>``:
+    SHA-256}) are the files every process wrote into :func:`shards_tmp` (``directory``'s Distributed Checkpoint):
+    they move into the checkpoint as ``dcp/`` and are listed in its manifest. A write that fails
     (disk full, no permission) is a :class:`CheckpointError` that leaves the previous checkpoint in place and no
     temporary folder behind; Ctrl-C during the write takes effect once it is complete.
     """
@@ -122,9 +130,14 @@ def save_checkpoint(
             if tmp.exists():
                 shutil.rmtree(tmp)
             weights = weights if weights is not None else model
-            save_pretrained(weights, tmp, extra={"training": {"epoch": state.get("epoch")}})
+            extra = {"training": {"epoch": state.get("epoch")}}
+            save_pretrained(weights, tmp, extra=extra, state_dict=state_dict)
             atomic_save_safetensors(tmp / STATE_TENSORS, tensors, metadata={"format": "pt"})
             files = {n: sha256_file(tmp / n) for n in ("model.safetensors", STATE_TENSORS, "config.json")}
+            if shards is not None:
+                os.replace(shards_tmp(directory), tmp / SHARDS_DIR)
+                _fsync_dir(tmp / SHARDS_DIR)
+                files |= shards
             atomic_write_json(tmp / STATE_JSON, {"format_version": FORMAT_VERSION, **state, "sha256": files})
             _fsync_dir(tmp)
             if directory.exists():
@@ -136,6 +149,8 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if shards is not None:
+            shutil.rmtree(shards_tmp(directory), ignore_errors=True)
         if not directory.exists() and (old / STATE_JSON).is_file():
             with contextlib.suppress(OSError):  # the swap failed halfway: put the previous checkpoint back
                 os.replace(old, directory)
@@ -168,6 +183,12 @@ def _sigint_deferred() -> Iterator[None]:
                 os.kill(os.getpid(), signal.SIGINT)
 
 
+def shards_tmp(directory: str | os.PathLike) -> Path:
+    """Where the processes write a checkpoint's Distributed Checkpoint files before it is assembled."""
+    directory = Path(directory)
+    return directory.parent / f".{directory.name}.shards.tmp"
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -193,7 +214,10 @@ def find_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
-    """Read and verify a checkpoint: (trainer state, training tensors, directory). Nothing is modified."""
+    """Read and verify a checkpoint: (trainer state, training tensors, directory). Nothing is modified.
+
+    The files of ``dcp/`` are verified where they are loaded (each process a share: ``vitkit.train.dcp``).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint {directory} does not exist")
@@ -205,6 +229,8 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt ({e})") from None
     for name, digest in state.get("sha256", {}).items():
+        if name.startswith(SHARDS_DIR + "/"):
+            continue
         f = directory / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing from the checkpoint")
