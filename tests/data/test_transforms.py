@@ -109,3 +109,25 @@ def test_file_loader_workers_skip_and_errors(tmp_path):
     with pytest.raises(VitkitError, match=r"2.png: cannot read image") as e:
         list(strict.batches(0))
     assert "Traceback" not in str(e.value)
+
+
+def test_crop_padding_shifts_and_random_erasing_masks():
+    spec = DataSpec((16, 16), 1, (0.0,), (1.0,), "bilinear", 1.0)  # normalisation as identity: pixels stay pixels
+    x = torch.rand(32, 1, 16, 16) + 0.1  # no zero pixel of its own
+    y = tensor_train_transform(x, spec, "none", False, torch.Generator().manual_seed(0), crop_padding=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(32):  # each image is its padded copy cropped at one of the 25 offsets
+        crops = [padded[i, :, dy : dy + 16, dx : dx + 16] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(c, y[i]) for c in crops)
+    assert not torch.equal(y, x)
+    z = tensor_train_transform(x, spec, "none", False, torch.Generator().manual_seed(0), random_erasing=1.0)
+    erased = (z == 0).flatten(1).float().mean(1)
+    assert ((erased > 0.01) & (erased < 0.4)).all()  # one rectangle of about 2-33 % of each image: the mean
+    again = tensor_train_transform(x, spec, "none", False, torch.Generator().manual_seed(0), random_erasing=1.0)
+    assert torch.equal(z, again)  # seeded: a resumed run sees the same augmentation
+    img = Image.fromarray((x[0, 0].numpy() * 200).astype(np.uint8))
+    out = PILTransform(spec, True, "none", random_erasing=1.0)(img, random.Random(0))
+    assert out.shape == (1, 16, 16) and 0.01 < (out == 0).float().mean() < 0.4
+    shifted = PILTransform(spec, True, "none", crop_padding=2)(img, random.Random(0))
+    padded = torch.nn.functional.pad(torch.from_numpy(np.asarray(img)).float()[None] / 255, (2, 2, 2, 2))
+    assert any(torch.equal(padded[:, dy : dy + 16, dx : dx + 16], shifted) for dy in range(5) for dx in range(5))

@@ -94,7 +94,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, exclude: set
             kw["action"] = argparse.BooleanOptionalAction
             kw["help"] = f"{help_text} (default: {'on' if default else 'off'})"
         else:
-            shown = default if default not in ("", None) else '""'
+            shown = '""' if default == "" else "unset" if default is None else default
             kw["help"] = f"{help_text} (default: {shown})"
             origin = typing.get_origin(tp)
             if origin in (tuple, list):
@@ -156,14 +156,21 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def given_settings(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """The settings the user gave: the ``--config`` file's, then the flags typed on the command line."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_settings_file(args.config))
+    values.update({n: getattr(args, n) for n in names if hasattr(args, n)})
+    return values
+
+
 def merged_config(
     cls: type, args: argparse.Namespace, names: list[str], base: dict[str, Any] | None = None, **fixed: Any
 ) -> Any:
     """``cls`` from dataclass defaults <- ``base`` <- ``--config`` file <- flags on the command line <- ``fixed``."""
     values: dict[str, Any] = dict(base or {})
-    if getattr(args, "config", None):
-        values.update(read_settings_file(args.config))
-    values.update({n: getattr(args, n) for n in names if hasattr(args, n)})
+    values.update(given_settings(args, names))
     values.update(fixed)
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - valid)

@@ -1,9 +1,12 @@
 """``vitkit compare``: one small model per family, same data, same budget, one table.
 
-Each model is trained with the same :class:`~vitkit.train.TrainConfig` (a ``--config`` file and/or the usual
-training flags; ``--epochs`` or ``--time-limit-minutes`` is the budget), then evaluated on the test split.
-Output: a side-by-side table (parameters, GFLOPs, time per epoch, top-1, macro-F1), ``compare.json``, and
-per model ``MODEL/eval/confusion_matrix.png`` (+ ``report.json``, ``misclassified.png``).
+Each model is trained with the same :class:`~vitkit.train.TrainConfig` (the recipe for the data, a ``--config``
+file and/or the usual training flags), then evaluated on the test split. The budget is the same for every family:
+with ``--budget 10m`` (``--time-limit-minutes``) or ``--budget-images`` each model's learning-rate schedule is laid
+over it (``vitkit.train.budget``), so every model ends annealed and the table answers which family is best for the
+data at equal cost; ``--epochs`` alone gives equal epochs instead. Output: a side-by-side table (parameters, GFLOPs,
+epochs, optimizer steps and images the budget bought, training minutes, top-1, macro-F1), ``compare.json``, and per
+model ``MODEL/eval/confusion_matrix.png`` (+ ``report.json``, ``misclassified.png``).
 """
 
 import argparse
@@ -13,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.cli._args import add_threads, apply_threads, positive_int, print_table
-from vitkit.cli.train import add_config_flags, checkpoint_for_test, config_from_args, is_main_process, plot_run
+from vitkit.cli.train import add_config_flags, checkpoint_for_test, is_main_process, plot_run, resolve_config
 
 FAMILIES = ("vit", "swin", "cvt")
 # the small 28 px configuration of each family, when registered; else the family's smallest *_28 model
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from vitkit.hub import from_pretrained
     from vitkit.models.registry import list_models
     from vitkit.train import train
+    from vitkit.train.budget import budget_text
     from vitkit.utils.io import atomic_write_json
 
     if args.models:
@@ -92,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         models = default_models()
     if not models:
         raise VitkitError("compare: no model to train (none of the requested names is registered)")
-    base = config_from_args(args, model=models[0])  # --model-args is checked against the models it is given to
+    # the same recipe for every family; --model-args is checked against the models it is given to
+    base, recipe = resolve_config(args, drop=("model", "model_args"), model=models[0])
     threads = apply_threads(args.threads)
     if base.output_dir == type(base)().output_dir:  # the training default; compare gets its own folder
         base = base.replace(output_dir=args.output_dir_default)
@@ -100,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     eval_data = args.eval_data or base.data
     dataset = None
     rows: list[dict[str, Any]] = []
-    budget = f"{base.epochs} epochs" + (f" or {base.time_limit_minutes:g} min" if base.time_limit_minutes else "")
+    budget = budget_text(base)
+    if recipe is not None:
+        print(recipe.line(), file=sys.stderr)
     print(
         f"compare: {', '.join(models)} on {base.data}, budget {budget} each, {threads} CPU thread(s), "
         f"outputs in {root}",
@@ -130,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
                 "params_m": round(stats.params / 1e6, 3),
                 "gflops": round(stats.gflops, 4),
                 "epochs": round(float(result.history[-1]["epoch"]), 2) if result.history else 0,
+                "steps": result.history[-1]["step"] if result.history else 0,
+                "images_seen": result.history[-1].get("images_seen") if result.history else 0,
                 "sec_per_epoch": round(s, 3) if (s := _seconds_per_epoch(result.history, wall)) else None,
-                "train_minutes": round(wall / 60, 2),
+                "train_minutes": round(result.history[-1].get("train_time_s", wall) / 60, 2) if result.history else 0,
                 "top1": round(ev.top1 * 100, 2),
                 "macro_f1": round(ev.macro_f1, 4),
                 "stopped_early": result.stopped_early,
@@ -162,12 +171,15 @@ def run(args: argparse.Namespace) -> int:
             ("params_m", "params (M)"),
             ("gflops", "GFLOPs"),
             ("epochs", "epochs"),
+            ("steps", "steps"),
+            ("images_seen", "images"),
             ("sec_per_epoch", "s/epoch"),
             ("train_minutes", "train min"),
             ("top1", "top-1 %"),
             ("macro_f1", "macro-F1"),
         ],
     )
+    print(f"budget per model: {budget}; test split: {eval_data} ({args.eval_split})")
     print(f"\nresults: {root / 'compare.json'}")
     for r in rows:
         if r["confusion_matrix"]:

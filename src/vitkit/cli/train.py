@@ -1,8 +1,8 @@
 """``vitkit train``: every :class:`vitkit.train.TrainConfig` field is a flag; ``--config`` reads a file first.
 
-Precedence: the dataclass defaults < the ``--config`` file (YAML/TOML/JSON) < flags on the command line. With
-``--resume``, the settings saved in the checkpoint take the place of the defaults, so
-``vitkit train --output-dir X --resume auto`` continues run X as it was started.
+Precedence: the dataclass defaults < the recipe for the data (``vitkit.train.recipe``) < the ``--config`` file
+(YAML/TOML/JSON) < flags on the command line. With ``--resume``, the settings saved in the checkpoint take the place
+of the defaults and the recipe, so ``vitkit train --output-dir X --resume auto`` continues run X as it was started.
 After training, the training curves (loss, accuracy, learning rate) are drawn from the run's metrics.jsonl.
 Under ``torchrun`` every process trains; only rank 0 prints the summary and draws the plots.
 """
@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._args import add_dataclass_flags, add_threads, apply_threads, merged_config
+from vitkit.cli._args import add_dataclass_flags, add_threads, apply_threads, flag_name, given_settings, merged_config
+from vitkit.errors import VitkitError
 
 
 def add_config_flags(p: argparse.ArgumentParser, exclude: set[str] | None = None) -> None:
@@ -31,6 +32,13 @@ def add_config_flags(p: argparse.ArgumentParser, exclude: set[str] | None = None
     )
     group = p.add_argument_group("training settings (TrainConfig)")
     p.set_defaults(_config_fields=add_dataclass_flags(group, TrainConfig, exclude=exclude))
+    p.add_argument(
+        "--budget",
+        metavar="AMOUNT",
+        default=None,
+        help="training budget that the lr schedule is laid over: a time such as 90s, 10m, 1.5h (the same as "
+        "--time-limit-minutes) or a number of images such as 500kimg (--budget-images)",
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,10 +50,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_threads(p)
 
 
+def budget_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--budget`` as the setting it stands for (``time_limit_minutes`` or ``budget_images``)."""
+    text = getattr(args, "budget", None)
+    if not text:
+        return {}
+    from vitkit.train.budget import parse_budget
+
+    minutes, images = parse_budget(text)
+    key = "time_limit_minutes" if minutes else "budget_images"
+    if hasattr(args, key):
+        raise VitkitError(f"--budget and {flag_name(key)} say the same thing: give one of them")
+    return {key: minutes or images}
+
+
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None, **fixed: Any):
     from vitkit.train.config import TrainConfig
 
-    return merged_config(TrainConfig, args, args._config_fields, base, **fixed)
+    return merged_config(TrainConfig, args, args._config_fields, base, **{**budget_settings(args), **fixed})
+
+
+def resolve_config(args: argparse.Namespace, drop: tuple[str, ...] = (), **fixed: Any) -> tuple[Any, Any]:
+    """(TrainConfig, Recipe or None): the settings given over the recipe for the data, or over a resumed run's.
+
+    ``drop`` names recipe settings not to use (``vitkit compare`` chooses the models itself); ``fixed`` settings
+    win over everything (compare checks ``--model-args`` against the first model it trains).
+    """
+    from vitkit.train.recipe import choose, describe_data
+
+    cfg = config_from_args(args, **fixed)
+    if cfg.resume and (saved := saved_settings(cfg)) is not None:
+        return config_from_args(args, base=saved, **fixed), None
+    given = given_settings(args, args._config_fields) | budget_settings(args)
+    recipe = choose(describe_data(cfg.data, cfg.download), given)
+    base = {k: v for k, v in recipe.settings.items() if k not in drop}
+    return config_from_args(args, base=base, **fixed), recipe
 
 
 def is_main_process() -> bool:
@@ -129,12 +168,14 @@ def interrupted_message(cfg: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    if cfg.resume and (saved := saved_settings(cfg)) is not None:
-        cfg = config_from_args(args, base=saved)
+    cfg, recipe = resolve_config(args)
     if args.print_config:
+        if recipe is not None:
+            print(recipe.line(), file=sys.stderr)
         print(json.dumps(cfg.to_dict(), indent=2, default=list))
         return 0
+    if recipe is not None and is_main_process():
+        print(recipe.line(), flush=True)
     from vitkit.train import train
 
     apply_threads(args.threads)

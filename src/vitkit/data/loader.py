@@ -75,6 +75,8 @@ class Loader:
         train: bool,
         aug: str = "none",
         random_resized_crop: bool = False,
+        crop_padding: int = 0,
+        random_erasing: float = 0.0,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -86,6 +88,7 @@ class Loader:
             raise VitkitError(f"{getattr(dataset, 'source', 'data set')}: no samples")
         self.dataset, self.spec, self.batch_size, self.train = dataset, spec, batch_size, train
         self.aug, self.rrc, self.seed = aug, random_resized_crop, seed
+        self.crop_padding, self.random_erasing = crop_padding, random_erasing
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.skip_bad_images, self.pin_memory = num_workers, skip_bad_images, pin_memory
         self.in_memory = getattr(dataset, "in_memory", False)
@@ -93,7 +96,8 @@ class Loader:
             self._images = torch.from_numpy(np.ascontiguousarray(dataset.images))
             self._targets = torch.from_numpy(np.asarray(dataset.targets, dtype=np.int64))
         else:
-            self._items = _Items(dataset, PILTransform(spec, train, aug, random_resized_crop), skip_bad_images)
+            transform = PILTransform(spec, train, aug, random_resized_crop, crop_padding, random_erasing)
+            self._items = _Items(dataset, transform, skip_bad_images)
 
     # --- order ---------------------------------------------------------------------------------------
     def indices(self, epoch: int) -> np.ndarray:
@@ -134,7 +138,7 @@ class Loader:
             x = uint8_to_float(self._images[t], self.spec.in_chans)
             if self.train:
                 g = torch.Generator().manual_seed(_mix(self.seed, epoch, i, self.rank))
-                x = tensor_train_transform(x, self.spec, self.aug, self.rrc, g)
+                x = tensor_train_transform(x, self.spec, self.aug, self.rrc, g, self.crop_padding, self.random_erasing)
             else:
                 x = tensor_eval_transform(x, self.spec)
             yield Batch(x, self._targets[t], 0)

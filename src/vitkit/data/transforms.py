@@ -1,7 +1,7 @@
 """Image transforms in two flavours that follow the same recipe.
 
 * PIL, one image at a time (image files, in DataLoader workers): resize / random-resized-crop,
-  horizontal flip, RandAugment / TrivialAugment, to tensor, normalise.
+  random crop with padding, horizontal flip, RandAugment / TrivialAugment, to tensor, normalise, random erasing.
 * Tensors, a whole batch at a time (in-memory uint8 arrays such as 28 px Fashion-MNIST): the same ops
   vectorised, so the model, not the loader, is the bottleneck without worker processes.
 
@@ -259,8 +259,17 @@ def eval_image(img: Image.Image, spec: DataSpec, normalize: bool = True) -> torc
 class PILTransform:
     """Image -> normalised (C, H, W) tensor; ``rng`` makes the random choices (training only)."""
 
-    def __init__(self, spec: DataSpec, train: bool, aug: str = "flip", random_resized_crop: bool = False) -> None:
+    def __init__(
+        self,
+        spec: DataSpec,
+        train: bool,
+        aug: str = "flip",
+        random_resized_crop: bool = False,
+        crop_padding: int = 0,
+        random_erasing: float = 0.0,
+    ) -> None:
         self.spec, self.train, self.aug, self.rrc = spec, train, aug, random_resized_crop
+        self.crop_padding, self.random_erasing = crop_padding, random_erasing
 
     def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         spec = self.spec
@@ -274,12 +283,28 @@ class PILTransform:
             img = img.resize((tw, th), interp, box=_random_resized_crop_box(*img.size, rng))
         elif img.size != (tw, th):
             img = img.resize((tw, th), interp)
+        if p := self.crop_padding:
+            dx, dy = rng.randint(0, 2 * p), rng.randint(0, 2 * p)
+            img = ImageOps.expand(img, p, fill=0).crop((dx, dy, dx + tw, dy + th))
         if self.aug != "none" and rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         if self.aug in ("randaugment", "trivialaugment"):
             for name, m in sample_aug_ops(self.aug, rng):
                 img = pil_op(img, name, m)
-        return _to_tensor(img, spec)
+        x = _to_tensor(img, spec)
+        if self.random_erasing and rng.random() < self.random_erasing:
+            y0, x0, eh, ew = _erase_box(th, tw, rng.random(), rng.random(), rng.random(), rng.random())
+            x[:, y0 : y0 + eh, x0 : x0 + ew] = 0.0
+        return x
+
+
+def _erase_box(h: int, w: int, u_area: float, u_ratio: float, u_y: float, u_x: float) -> tuple[int, int, int, int]:
+    """Random erasing's rectangle (top, left, height, width) from four uniforms: 2-33% of the area, aspect 0.3-3.3."""
+    area = h * w * (0.02 + 0.31 * u_area)
+    ratio = math.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u_ratio)
+    eh = max(1, min(h, round(math.sqrt(area * ratio))))
+    ew = max(1, min(w, round(math.sqrt(area / ratio))))
+    return int(u_y * (h - eh + 1)), int(u_x * (w - ew + 1)), eh, ew
 
 
 # --- tensor pipeline for in-memory uint8 arrays ----------------------------------------------------
@@ -389,9 +414,20 @@ def tensor_augment(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tens
 
 
 def tensor_train_transform(
-    x: torch.Tensor, spec: DataSpec, aug: str, random_resized_crop: bool, g: torch.Generator
+    x: torch.Tensor,
+    spec: DataSpec,
+    aug: str,
+    random_resized_crop: bool,
+    g: torch.Generator,
+    crop_padding: int = 0,
+    random_erasing: float = 0.0,
 ) -> torch.Tensor:
-    """Float (B, C, H, W) in [0, 1] -> augmented, resized, normalised (B, C, *img_size)."""
+    """Float (B, C, H, W) in [0, 1] -> augmented, resized, normalised (B, C, *img_size).
+
+    ``crop_padding`` p: a random crop of the image padded with p black pixels a side (a shift of up to p pixels);
+    ``random_erasing``: the probability that a random rectangle (2-33% of the image) is set to the mean (0 after
+    normalisation), as in Zhong et al. (2020).
+    """
     b = x.shape[0]
     th, tw = spec.img_size
     if random_resized_crop:
@@ -406,12 +442,31 @@ def tensor_train_transform(
         x = _affine(x, theta, (th, tw))
     elif x.shape[-2:] != (th, tw):
         x = resize(x, (th, tw), spec.interpolation)
+    if p := crop_padding:
+        shift = torch.randint(0, 2 * p + 1, (2, b), generator=g)
+        rows = (shift[0, :, None] + torch.arange(th))[:, None, :, None]  # (B, 1, H, 1) rows of the padded image
+        cols = (shift[1, :, None] + torch.arange(tw))[:, None, None, :]
+        x = F.pad(x, (p, p, p, p))[
+            torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[:, None, None], rows, cols
+        ]
     if aug != "none":
         flip = torch.rand(b, generator=g) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     if aug in ("randaugment", "trivialaugment"):
         x = tensor_augment(x, aug, g)
-    return normalize(x, spec)
+    x = normalize(x, spec)
+    if random_erasing:  # the rectangles of _erase_box, for the whole batch at once
+        u = torch.rand(5, b, generator=g, dtype=torch.float64)
+        area = th * tw * (0.02 + 0.31 * u[1])
+        ratio = torch.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[2])
+        eh = torch.round(torch.sqrt(area * ratio)).clamp(1, th)
+        ew = torch.round(torch.sqrt(area / ratio)).clamp(1, tw)
+        y0, x0 = torch.floor(u[3] * (th - eh + 1)), torch.floor(u[4] * (tw - ew + 1))
+        rows, cols = torch.arange(th)[None, :, None], torch.arange(tw)[None, None, :]
+        inside = (rows >= y0[:, None, None]) & (rows < (y0 + eh)[:, None, None])
+        inside = inside & (cols >= x0[:, None, None]) & (cols < (x0 + ew)[:, None, None])
+        x = x.masked_fill((inside & (u[0] < random_erasing)[:, None, None])[:, None], 0.0)
+    return x
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,15 +62,20 @@ class TrainConfig:
     num_workers: int = _f(2, "data-loading worker processes for image files (array data sets need none)")
     aug: str = _f("flip", "augmentation: none | flip | randaugment | trivialaugment", choices=AUG_CHOICES)
     random_resized_crop: bool = _f(False, "random-resized-crop (scale 0.08-1) instead of a plain resize in training")
+    crop_padding: int = _f(0, "random crop of the image padded with this many black pixels a side (0 = off)")
+    random_erasing: float = _f(0.0, "probability of erasing a random rectangle of each training image (0 = off)")
     mixup: float = _f(0.0, "mixup alpha (0 = off)")
     cutmix: float = _f(0.0, "cutmix alpha (0 = off); with mixup too, one of them is picked per batch")
     label_smoothing: float = _f(0.1, "label smoothing of the targets")
     # --- optimisation --------------------------------------------------------------------------
-    epochs: int = _f(10, "number of epochs")
+    epochs: int | None = _f(
+        None, "number of epochs (default: 10 without a budget; with a time or image budget, as many as it allows)"
+    )
     batch_size: int = _f(128, "batch size per process (global batch = batch_size x processes x accum_steps)")
     lr: float = _f(2e-3, "peak learning rate of AdamW (2e-3: the from-scratch 28 px recipe; fine-tune lower)")
     min_lr: float = _f(1e-6, "learning rate at the end of the cosine schedule")
-    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (fractions allowed)")
+    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (fractions allowed), without a budget")
+    warmup_fraction: float = _f(0.05, "with a time or image budget: linear warm-up over this fraction of it")
     weight_decay: float = _f(0.05, "AdamW weight decay (never on norms, biases, position embeddings, tokens)")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
     layer_decay: float = _f(1.0, "layer-wise lr decay for fine-tuning (e.g. 0.75; 1 = off)")
@@ -78,7 +84,12 @@ class TrainConfig:
     amp: str = _f("none", "mixed precision: none | bf16 (CPU, CUDA) | fp16 (CUDA + grad scaler)", choices=AMP_CHOICES)
     ema_decay: float = _f(0.0, "keep an exponential moving average of the weights (e.g. 0.9998; 0 = off)")
     early_stopping_patience: int = _f(0, "stop after this many epochs without a better val metric (0 = off)")
-    time_limit_minutes: float = _f(0.0, "stop cleanly (evaluate, checkpoint) after this wall-clock budget (0 = none)")
+    time_limit_minutes: float = _f(
+        0.0,
+        "budget of training time (evaluation excluded): the lr schedule is laid over it and the run ends annealed "
+        "when it is used up, then evaluates and checkpoints (0 = none)",
+    )
+    budget_images: int = _f(0, "budget of training images seen, laid out like the time budget (0 = none)")
     # --- run -----------------------------------------------------------------------------------
     output_dir: str = _f("runs/train", "where checkpoints, metrics.jsonl and the final model go")
     resume: str = _f("", "continue a run: a checkpoint dir, or 'auto' = output_dir/last if it exists")
@@ -125,10 +136,19 @@ class TrainConfig:
             raise bad("amp", "fp16 (a gradient scaler) is not supported with strategy fsdp; use bf16")
         if not is_device_name(self.device):
             raise bad("device", f"must be {DEVICE_NAMES}")
-        for name in ("epochs", "batch_size", "accum_steps", "log_every", "eval_every_epochs"):
+        if self.epochs is not None and self.epochs < 1:
+            raise bad("epochs", "must be >= 1")
+        for name in ("batch_size", "accum_steps", "log_every", "eval_every_epochs"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
-        for name in ("max_train_samples", "max_val_samples", "early_stopping_patience", "checkpoint_every_steps"):
+        for name in (
+            "max_train_samples",
+            "max_val_samples",
+            "early_stopping_patience",
+            "checkpoint_every_steps",
+            "budget_images",
+            "crop_padding",
+        ):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0 (0 = off)")
         if self.num_workers < 0:
@@ -140,9 +160,11 @@ class TrainConfig:
                 raise bad(name, "must be a finite number >= 0")
         if not (math.isfinite(self.time_limit_minutes) and self.time_limit_minutes >= 0):
             raise bad("time_limit_minutes", "must be a finite number >= 0 (0 = no limit)")
-        for name in ("label_smoothing", "val_fraction", "ema_decay", "drop_path_rate"):
+        for name in ("label_smoothing", "val_fraction", "ema_decay", "drop_path_rate", "warmup_fraction"):
             if not 0 <= getattr(self, name) < 1:  # also false for nan
                 raise bad(name, "must be in [0, 1)")
+        if not 0 <= self.random_erasing <= 1:
+            raise bad("random_erasing", "must be in [0, 1]")
         if not 0 < self.layer_decay <= 1:
             raise bad("layer_decay", "must be in (0, 1]")
         if not all(0 <= b < 1 for b in self.betas):
@@ -221,6 +243,10 @@ _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: 
 def _check_type(cfg: "TrainConfig", name: str, tp: Any) -> None:
     """The value of field ``name`` has the field's type (an int where a float is wanted becomes a float)."""
     value = getattr(cfg, name)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X]: None or an X
+        if value is None:
+            return
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
     try:
         if typing.get_origin(tp) is tuple:  # betas: a pair of numbers
             size = len(typing.get_args(tp))

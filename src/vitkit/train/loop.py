@@ -31,8 +31,9 @@ from vitkit.factory import create_model
 from vitkit.hub import from_pretrained
 from vitkit.models.registry import parse_overrides
 from vitkit.train import dcp, distributed, sharding
+from vitkit.train.budget import TrainingClock, budget_text, build_schedule, planned_epochs
 from vitkit.train.config import TrainConfig, TrainResult
-from vitkit.train.optim import ModelEma, WarmupCosine, adamw, param_groups
+from vitkit.train.optim import ModelEma, adamw, param_groups
 from vitkit.train.progress import MetricsLog, Progress
 from vitkit.train.state import (
     STATE_JSON,
@@ -212,16 +213,24 @@ def remove_run(out: Path) -> None:
 
 
 # --- the loop --------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, *, callbacks: list[Callback] | None = None) -> TrainResult:
-    """Train (or fine-tune) ``cfg.model`` on ``cfg.data``; under torchrun, one process per device."""
+def train(
+    cfg: TrainConfig, *, callbacks: list[Callback] | None = None, clock: Callable[[], float] | None = None
+) -> TrainResult:
+    """Train (or fine-tune) ``cfg.model`` on ``cfg.data``; under torchrun, one process per device.
+
+    ``clock`` (seconds, default ``time.perf_counter``) measures the training time a time budget counts; tests pass
+    a fake one.
+    """
     info = distributed.setup(cfg.device)
     try:
-        return _train(cfg, info, callbacks or [])
+        return _train(cfg, info, callbacks or [], TrainingClock(clock))
     finally:
         distributed.teardown(info)
 
 
-def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callback]) -> TrainResult:
+def _train(
+    cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callback], clock: TrainingClock
+) -> TrainResult:
     device, main = info.device, info.is_main
     out = Path(cfg.output_dir)
     say = (lambda msg: print(msg, flush=True)) if main and cfg.progress != "none" else (lambda msg: None)
@@ -278,6 +287,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         train=True,
         aug=cfg.aug,
         random_resized_crop=cfg.random_resized_crop,
+        crop_padding=cfg.crop_padding,
+        random_erasing=cfg.random_erasing,
         **common,
     )
     val_loader = Loader(val_ds, spec, batch_size=cfg.batch_size * 2, train=False, **common)
@@ -285,14 +296,14 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
     # 4. optimizer, schedule (per optimizer step), EMA, grad scaler
     batches_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
-    total_steps = steps_per_epoch * cfg.epochs
+    epochs = planned_epochs(cfg)  # None: the budget ends the run
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     net = sharding.distribute(model, ema.module if ema is not None else None, cfg, info)  # DDP, or FSDP in place
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     if not groups:
         raise VitkitError("no trainable parameters (is everything frozen?)")
     optimizer = adamw(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scheduler = WarmupCosine(optimizer, cfg.lr, cfg.min_lr, round(cfg.warmup_epochs * steps_per_epoch), total_steps)
+    scheduler, budget = build_schedule(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     fwd = torch.compile(net) if cfg.compile else net
 
@@ -311,7 +322,6 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             load_optimizer_state(optimizer, state["optimizer"], tensors)
             if ema is not None:
                 ema.module.load_state_dict({k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")})
-        scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.updates = state["ema_updates"]
         if scaler is not None and state.get("scaler"):
@@ -320,6 +330,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         if info.rank and f"rng.torch.rank{info.rank}" in tensors:
             torch.set_rng_state(tensors[f"rng.torch.rank{info.rank}"])
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        budget.load_state_dict(state.get("budget", {}), step)
+        clock = TrainingClock(clock.now, budget.train_time_s)
+        scheduler.load_state_dict(state["scheduler"])
         history, best, running = state["history"], state["best"], _running_share(state, info)
         say(f"resumed from {resume_dir}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
 
@@ -378,6 +391,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             "running": [sum(v) for v in zip(*running_by_rank, strict=True)],  # over every rank
             "running_by_rank": running_by_rank,
             "scheduler": scheduler.state_dict(),
+            "budget": budget.state_dict(),
             "optimizer": opt_json,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_json,
@@ -395,14 +409,16 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
 
     # 6. epochs
     start_time = time.perf_counter()
-    stop_reason: str | None = None
+    stop_reason = budget.exhausted()  # a resumed run whose budget was already used up trains no further
     last_dir = find_checkpoint(out / "last") if resume_dir is not None else None
     metrics: dict[str, float] = history[-1] if history else {}
-    while epoch < cfg.epochs and stop_reason is None:
+    if budget.active:
+        say(f"budget: {budget_text(cfg)}; the lr schedule follows the fraction of it used")
+    while (epochs is None or epoch < epochs) and stop_reason is None:
         net.train()
         bar = Progress(
             steps_per_epoch,
-            f"epoch {epoch + 1}/{cfg.epochs}",
+            f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""),
             mode=cfg.progress if main else "none",
             log_every=cfg.log_every,
         )
@@ -410,6 +426,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         group_loss = torch.zeros(3, dtype=torch.float64)  # loss sum, images, non-finite flag
         group_ran = False  # a batch of this accumulation group went through backward
         b = batch_in_epoch - 1
+        clock.start()
         for b, (x, y, skipped) in enumerate(train_loader.batches(epoch, start=batch_in_epoch), start=batch_in_epoch):
             group_start = b - b % cfg.accum_steps
             group_size = min(cfg.accum_steps, batches_per_epoch - group_start)
@@ -457,8 +474,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             if isinstance(net, DistributedDataParallel) and group_ran and not usable:  # the syncing batch was dropped
                 distributed.average_gradients(model, info)
             group_ran = False
-            over_time = cfg.time_limit_minutes > 0 and time.perf_counter() - start_time > cfg.time_limit_minutes * 60
-            flags = distributed.all_reduce_sum(torch.cat([group_loss, torch.tensor([float(over_time)])]), info)
+            elapsed = clock.elapsed() if info.rank == 0 else 0.0  # one clock: rank 0's (the others add 0)
+            flags = distributed.all_reduce_sum(torch.cat([group_loss, torch.tensor([elapsed])]), info)
             if flags[2] > 0:
                 good = find_checkpoint(out / "last")
                 raise VitkitError(
@@ -478,10 +495,11 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            step += 1
+            budget.update(flags[3].item(), int(flags[1].item()), step)
             scheduler.step()
             if ema is not None:
                 ema.update(model)
-            step += 1
             loss_avg = flags[0].item() / max(flags[1].item(), 1.0)
             group_loss.zero_()
             bar.update(
@@ -503,11 +521,12 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
                     }
                 )
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and b + 1 < batches_per_epoch:
-                last_dir = checkpoint("last", at_epoch=epoch, at_batch=b + 1)
+                with clock.paused():
+                    last_dir = checkpoint("last", at_epoch=epoch, at_batch=b + 1)
             emit("step", {"step": step, "epoch": epoch, "batch": b, "loss": loss_avg, "lr": scheduler.get_last_lr()})
-            if flags[3] > 0:
-                stop_reason = f"time limit of {cfg.time_limit_minutes:g} minutes reached"
+            if stop_reason := budget.exhausted():
                 break
+        clock.pause()
         bar.close()
 
         # end of epoch (or early stop): evaluate, record, checkpoint
@@ -526,11 +545,14 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
             "train_acc": sums[1].item() / max(sums[2].item(), 1),
             "lr": scheduler.get_last_lr(),
             "time_s": time.perf_counter() - start_time,
+            "images_seen": budget.images_seen,
         }
+        if budget.active:
+            record |= {"train_time_s": budget.train_time_s, "budget_fraction": budget.fraction}
         if sums[3] > 0:
             record["skipped_images"] = int(sums[3].item())
         record["param_optimizer_bytes"] = sharding.param_optimizer_bytes(model, optimizer, info)
-        if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs or not finished_epoch:
+        if (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == epochs or stop_reason is not None:
             val = validate(model, val_loader, device, cfg.amp, info)
             record |= {f"val_{k}": v for k, v in val.items()}
             score, source = val["acc"], "model"
@@ -565,7 +587,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, callbacks: list[Callbac
         emit("epoch", record)
 
     if stop_reason:
-        say(f"stopped: {stop_reason}")
+        after = clock.since_pause()
+        say(f"stopped: {stop_reason}" + (f"; the last evaluation and checkpoint took {after:.1f} s" if after else ""))
     log.close()
     distributed.barrier(info)
     best_dir = out / "best" if (out / "best" / "config.json").is_file() else None
@@ -592,6 +615,7 @@ _RESUME_MAY_CHANGE = {
     "tensorboard",
     "checkpoint_every_steps",
     "time_limit_minutes",
+    "budget_images",
     "early_stopping_patience",
     "device",
     "overwrite_output_dir",
