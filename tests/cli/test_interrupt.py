@@ -15,12 +15,20 @@ from vitkit.train.state import STATE_JSON, find_checkpoint, load_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_names_the_checkpoint_and_the_resume_command(tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "vitkit", "train", *TINY_TRAIN, "--epochs", "500", "--checkpoint-every-steps", "1"]
     argv += ["--output-dir", str(out), "--no-plots"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a test run started in the background (`pytest &` without job control) ignores SIGINT, and a child inherits
+    # that: give the child the default disposition, as an interactive shell would
+    proc = subprocess.Popen(
+        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    )
     try:
         deadline = time.monotonic() + 240
         while not (out / "last" / STATE_JSON).is_file():
