@@ -40,7 +40,7 @@ def summary(results: list[dict]) -> str:
             if q["task"] == "train":
                 target = TRAIN_TARGET
             else:
-                target = INFER_TARGETS.get(model, 1.0) if q["mode"] == "optimized" else 1.0
+                target = INFER_TARGETS.get(model, 1.0) if q["mode"] in ("optimized", "bf16-weights") else 1.0
             mem_ok = q["mem_ratio"] is None or q["mem_ratio"] <= 1.0
             met = "yes" if q["speed_ratio"] >= target and mem_ok else "no"
             batch = r["settings"]["batch_size" if q["task"] == "infer" else "train_batch_size"]

@@ -76,9 +76,17 @@ class EngineSettings:
     precompute_bias: bool = True  # Swin: relative-position bias + shift mask built once per resolution
     micro_batch_bytes: int = 32 * 2**20  # CPU: slices of the batch where a temporary would exceed this; 0 = off
     pack_weights: bool = False  # Linear weights kept in oneDNN's blocked layout (a second copy of each weight)
+    bf16_weights: bool = False  # weights and activations in bfloat16 (native bf16 CPUs, CUDA); float32 logits out
 
     def __post_init__(self) -> None:
-        for name in ("fused_linear", "native_kernels", "fold_batchnorm", "precompute_bias", "pack_weights"):
+        for name in (
+            "fused_linear",
+            "native_kernels",
+            "fold_batchnorm",
+            "precompute_bias",
+            "pack_weights",
+            "bf16_weights",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise VitkitError(f"optimize: {name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.micro_batch_bytes, bool) or not isinstance(self.micro_batch_bytes, int):

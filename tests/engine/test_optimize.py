@@ -130,6 +130,28 @@ def test_autocast_and_other_dtypes_take_the_reference_math():
         torch.testing.assert_close(fast64(x.double()), model64(x.double()))
 
 
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "swin_tiny_patch4_window7_224", "cvt_13_224"])
+def test_bf16_weights_run_the_model_in_bfloat16_and_return_float32(name):
+    model = build(name)
+    fast = optimize(model, bf16_weights=True)
+    assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
+    assert all(b.dtype == torch.bfloat16 for b in fast.buffers() if b.is_floating_point())  # folded BN included
+    x = torch.randn(3, *model.data_config["input_size"])
+    with torch.no_grad():
+        out, ref = fast(x), model(x)
+        feats = fast.forward_intermediates(x, intermediates_only=True)  # float32 in, bf16 maps out
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=0.15, rtol=0.05)  # bf16 rounding all the way through
+    assert all(f.dtype == torch.bfloat16 for f in feats)
+    assert "bfloat16" in fast.optimization.summary()
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the reference model is left as it was
+
+
+def test_bf16_weights_and_packed_float32_weights_exclude_each_other():
+    with pytest.raises(VitkitError, match="pack_weights"):
+        optimize(build("vit_small_patch16_224"), pack_weights=True, bf16_weights=True)
+
+
 def test_optimize_returns_a_copy_and_the_original_still_trains():
     model = build("cvt_13_224").train()
     fast = optimize(model)

@@ -18,9 +18,10 @@ from vitkit.hub import from_pretrained
 from vitkit.train.optim import adamw
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODES = ("optimized", "reference", "compile", "onnx", "onnx-int8", "int8", "packed")
+MODES = ("optimized", "reference", "compile", "onnx", "onnx-int8", "int8", "packed", "bf16-weights")
 TRAINABLE = ("reference", "compile")  # an optimized model is inference-only
 CPU_ONLY = ("onnx", "onnx-int8", "int8", "packed")  # onnxruntime's CPU provider, fbgemm int8, oneDNN packed weights
+BF16_ONLY = ("bf16-weights",)  # vitkit.optimize(model, bf16_weights=True): the model itself in bfloat16
 
 
 @dataclasses.dataclass
@@ -66,6 +67,8 @@ def contender_specs(
         for dtype in dtypes:
             if mode in CPU_ONLY and (dtype != "fp32" or device.type != "cpu"):
                 continue  # these modes are CPU float32 only: autocast does not apply
+            if mode in BF16_ONLY and dtype != "bf16":
+                continue
             specs.append({"impl": "vitkit", "mode": mode, "dtype": dtype, "adamw": "fused"})
     if compare:
         for dtype in dtypes:
@@ -150,7 +153,8 @@ def make_mode(
         from vitkit.engine.quantize import quantize_dynamic_int8
 
         model = quantize_dynamic_int8(model)
-    fast = optimize(model, inplace=inplace, pack_weights=mode == "packed")  # optimized, int8 (quantized), packed
+    # optimized, int8 (quantized), packed, bf16-weights
+    fast = optimize(model, inplace=inplace, pack_weights=mode == "packed", bf16_weights=mode == "bf16-weights")
     return fast, time.perf_counter() - t0, fast.optimization
 
 

@@ -14,8 +14,8 @@ TASKS = ("infer", "train")
 
 
 def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each vitkit contender of plain fp32 / bf16 (optimized; reference) against the fastest peer of the same dtype
-    and task: speed ratio of the medians, the ratio of every back-to-back round, and the memory ratio."""
+    """Each vitkit contender of plain fp32 / bf16 (optimized; reference; bf16 weights) against the fastest peer of
+    the same dtype and task: speed ratio of the medians, the ratio of every back-to-back round, and the memory ratio."""
     rows = []
     for task in TASKS:
         for dtype in DTYPES:
@@ -25,7 +25,9 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             best = max(peers, key=lambda r: r["img_per_s"])
             mem = [r["peak_mem_mb"] for r in peers if r["peak_mem_mb"] is not None]
-            for ours in (r for r in here if r["impl"] == "vitkit" and r["mode"] in ("optimized", "reference")):
+            for ours in (
+                r for r in here if r["impl"] == "vitkit" and r["mode"] in ("optimized", "reference", "bf16-weights")
+            ):
                 rounds = [a / b for a, b in zip(ours["repeat_img_per_s"], best["repeat_img_per_s"], strict=False) if b]
                 rows.append(
                     {

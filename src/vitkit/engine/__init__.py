@@ -12,7 +12,11 @@ swapped for engine versions:
   once per resolution;
 * CvT: each projection's BatchNorm folded into its depthwise conv;
 * CPU batches whose widest temporary would be huge run in slices (no page faults on every call);
-* optionally, Linear weights pre-packed in oneDNN's layout (``pack_weights=True``).
+* optionally, Linear weights pre-packed in oneDNN's layout (``pack_weights=True``);
+* optionally, the whole model in bfloat16 (``bf16_weights=True``): inputs are cast on the way in and the logits come
+  back in float32. On CPUs with native bf16 (AVX512-BF16, AMX) this is faster than autocast, which keeps float32
+  weights and casts them, and LayerNorm / softmax outputs, on every call; the price is bf16 rounding in the residual
+  stream too (``benchmarks/modes.py`` measures how many predictions change).
 
 ``forward_intermediates`` and a ``features_only`` backbone (:class:`~vitkit.models.features.FeatureModel`, whose
 inner model is optimized) run the same swapped modules.
@@ -28,6 +32,7 @@ import copy
 import dataclasses
 from collections import Counter
 
+import torch
 from torch import nn
 
 from vitkit.engine import cvt, swin, vit
@@ -66,6 +71,8 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     family = FAMILIES.get(type(model))
     if family is None:
         raise VitkitError(f"optimize: {type(model).__name__} is not one of vitkit's models")
+    if settings.pack_weights and settings.bf16_weights:
+        raise VitkitError("optimize: pack_weights packs float32 weights; it cannot be combined with bf16_weights")
     if settings.pack_weights and not HAS_FUSED_LINEAR:
         raise VitkitError("optimize: pack_weights needs PyTorch built with oneDNN (mkldnn), which this one is not")
     if not inplace:
@@ -85,6 +92,10 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
         elif settings.pack_weights and type(module) is nn.Linear and module.weight.device.type == "cpu":
             report.swaps[("Linear", "vitkit.engine.linear.PackedLinear", "weight pre-packed for oneDNN")] += 1
             PackedLinear.from_linear(module)
+    if settings.bf16_weights:  # after the swaps: folded BatchNorm and the other precomputed buffers are cast too
+        tensors = sum(1 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+        model.to(torch.bfloat16)
+        report.swaps[("float32 tensors", "torch.bfloat16", "weights and activations in bfloat16")] += tensors
     if settings.native_kernels:
         for name, library in family.KERNELS.items():
             report.kernels[name] = "ready" if library() is not None else f"not used ({unavailable_reason(name)})"

@@ -61,17 +61,30 @@ class InferenceModel:
             "the reference model, then call vitkit.optimize on it again"
         )
 
+    def _cast_in(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs to the model's dtype when its weights are bfloat16 (``bf16_weights``)."""
+        if self.engine_settings.bf16_weights and x.is_floating_point() and x.dtype != torch.bfloat16:
+            return x.to(torch.bfloat16)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.engine_settings.bf16_weights:
+            return super().forward(self._cast_in(x)).float()
+        return super().forward(x)
+
     def _needs_no_grad(self, x: torch.Tensor) -> bool:
         """Autograd is on, but nothing needs a gradient: the call may run under no_grad (the fast paths)."""
         return torch.is_grad_enabled() and not x.requires_grad and not any(p.requires_grad for p in self.parameters())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._cast_in(x)
         if self._needs_no_grad(x):
             with torch.no_grad():
                 return self.forward_features(x)
         return super().forward_features(x)
 
     def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        x = self._cast_in(x)
         if self._needs_no_grad(x):
             with torch.no_grad():
                 return self.forward_intermediates(x, *args, **kwargs)
