@@ -93,31 +93,28 @@ def teardown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum over ranks (in place on a float64 copy; gloo and nccl both take float64)."""
+def _all_reduce(t: torch.Tensor, info: DistInfo, op) -> torch.Tensor:
+    """``op`` over ranks on a float64 copy (gloo and nccl both take float64); the tensor itself with one process."""
     if not info.enabled:
         return t
     t = t.to(info.device, torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return t.cpu()
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum over ranks."""
+    return _all_reduce(t, info, dist.ReduceOp.SUM)
 
 
 def all_reduce_min(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Minimum over ranks (e.g. whether every rank has images in its share of a batch)."""
-    if not info.enabled:
-        return t
-    t = t.to(info.device, torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return t.cpu()
+    return _all_reduce(t, info, dist.ReduceOp.MIN)
 
 
 def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Maximum over ranks (e.g. the largest number of batches any rank has)."""
-    if not info.enabled:
-        return t
-    t = t.to(info.device, torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.cpu()
+    return _all_reduce(t, info, dist.ReduceOp.MAX)
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
