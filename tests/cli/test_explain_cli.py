@@ -124,3 +124,18 @@ def test_mechanism_page_per_family(tmp_path, capsys, family):
                                                                       [8, 7, 5, 4]]  # fmt: skip
         assert "step 4: x_coords *= 2 * window_size - 1" in page
         assert any(b["padded"] != st["grid"] for st in numbers["stages"] for b in st["blocks"])
+
+
+def test_a_bare_weights_file_with_its_architecture(images, tmp_path, capsys):
+    """`--model NAME` reads a bare state dict (a paper's release file) as `vitkit predict` does."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "release.safetensors"
+    save_file(vitkit.create_model("vit_nano_patch4_28").state_dict(), str(weights))
+    (tall, _), _ = images
+    out = tmp_path / "out"
+    rc = main(["explain", str(weights), str(tall), "--model", "vit_nano_patch4_28", "--method", "rollout",
+               "-o", str(out), "--progress", "none", "--no-figures"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    heat = np.load(out / json.loads((out / "explanations.json").read_text())["images"][0]["explanations"][0]["heatmap"])
+    assert heat.shape == (60, 40)

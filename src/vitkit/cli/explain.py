@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from vitkit.cli._args import add_device, add_threads, apply_threads, resolve_device
+from vitkit.cli._args import add_device, add_model_name, add_threads, apply_threads, inference_model, resolve_device
 from vitkit.errors import VitkitError
 
 
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-figures", action="store_true", help="write only the numbers (.npy, JSON)")
     p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto", help="progress display")
     add_device(p)
+    add_model_name(p)
     add_threads(p)
 
 
@@ -94,11 +95,9 @@ def run(args: argparse.Namespace) -> int:
     return run_explain(args)
 
 
-def _load_model(source: str, device: str):
-    from vitkit.hub import from_pretrained
-
-    model = from_pretrained(source)
-    return model.eval().to(device)
+def _load_model(args: argparse.Namespace, device: str):
+    """The reference model (explanations need its gradients and attention maps), as predict reads SOURCE."""
+    return inference_model(args.source, reference=True, model_name=args.model).to(device)
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -114,7 +113,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     methods = _methods(args.method)
     device = resolve_device(args.device)
-    model = _load_model(args.source, device)
+    model = _load_model(args, device)
     for m in methods:
         check_model(model, m)
     names = getattr(model, "class_names", None)
@@ -253,7 +252,7 @@ def run_mechanism(args: argparse.Namespace) -> int:
     from vitkit.models.config import to_2tuple
     from vitkit.utils.io import atomic_write_json
 
-    model = _load_model(args.source, "cpu")
+    model = _load_model(args, "cpu")
     family = getattr(model, "family", None)
     if family != args.mechanism:
         raise VitkitError(f"--mechanism {args.mechanism}: {args.source} is a {family} model")
