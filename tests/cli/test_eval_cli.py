@@ -149,3 +149,16 @@ def test_image_helpers_keep_aspect(tmp_path):
     Image.new("L", (120, 60), 255).save(path)
     x = load_image(path, DataSpec((28, 28), 1, (0.5,), (0.5,), crop_pct=1.0))
     assert x.shape == (1, 28, 28) and float(x.min()) == pytest.approx(1.0)
+
+
+def test_eval_flip_tta_reports_both_scores(trained_run, tmp_path, capsys):
+    run_dir, _ = trained_run
+    out = tmp_path / "ev"
+    argv = ["eval", str(run_dir), "--data", "sample", "--max-samples", "60", "--output-dir", str(out), "--tta", "flip"]
+    assert main(argv) == 0
+    assert "test-time augmentation: flip (top-1 without it" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["tta"] == "flip" and 0 <= report["top1_without_tta"] <= 1
+    assert main(["eval", str(run_dir), "--data", "sample", "--max-samples", "60", "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "report.json").read_text())["top1"] == report["top1_without_tta"]

@@ -99,3 +99,18 @@ def test_split_val_of_a_run_is_the_part_it_held_out(tmp_path):
     held_out = build_dataset(data, "val", val_fraction=0.3, seed=5).samples
     assert load_dataset(data, "val", val_fraction=0.3, seed=5).samples == held_out
     assert len(held_out) == 6 and held_out != build_dataset(data, "val").samples
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
+    ds = _sample(40)
+    model = _tiny().eval()
+    plain = evaluate(model, ds, batch_size=16)
+    tta = evaluate(model, ds, batch_size=16, tta="flip")
+    x = array_eval_batch(ds.images, DataSpec.from_model(model))
+    with torch.no_grad():
+        prob = (model(x).softmax(-1) + model(x.flip(-1)).softmax(-1)) / 2
+    assert torch.equal(tta.preds, prob.argmax(-1)) and torch.allclose(tta.confidences, prob.max(-1).values)
+    assert tta.extra == {"tta": "flip", "top1_without_tta": plain.top1} and plain.extra == {}
+    assert tta.to_dict()["top1_without_tta"] == plain.top1
+    with pytest.raises(VitkitError, match="tta must be one of none, flip"):
+        evaluate(model, ds, tta="crops")

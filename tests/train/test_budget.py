@@ -10,10 +10,18 @@ from safetensors.torch import load_file
 
 from tests.cli.conftest import one_line_error
 from vitkit.cli import main
+from vitkit.data.loader import Loader
 from vitkit.errors import VitkitError
 from vitkit.train import loop as loop_mod
 from vitkit.train import train
-from vitkit.train.budget import Budget, BudgetSchedule, TrainingClock, parse_budget, planned_epochs
+from vitkit.train.budget import (
+    Budget,
+    BudgetSchedule,
+    TrainingClock,
+    expected_epochs,
+    parse_budget,
+    planned_epochs,
+)
 
 from .helpers import TINY, tiny
 
@@ -110,6 +118,65 @@ def test_epochs_or_images_whichever_comes_first(tmp_path, ticking):
     r = train(tiny(tmp_path / "i", **dict(BUDGET, time_limit_minutes=0, budget_images=40)), clock=ticking(0.01))
     assert "40 training images" in r.stopped_early and r.history[-1]["step"] == 3
     assert r.history[-1]["lr"] == BUDGET["min_lr"] and r.history[-1]["images_seen"] == 48
+
+
+def test_expected_epochs_from_epochs_images_or_the_pace_of_a_time_budget():
+    assert expected_epochs(Budget(0, 0, None), 7, 100) == 7
+    assert expected_epochs(Budget(0, 450, None), None, 100) == 4.5
+    timed = Budget(60, 0, None)
+    assert expected_epochs(timed, None, 100) is None  # no epoch done yet: the pace is not known
+    timed.update(15.0, 200, 4)  # two epochs in a quarter of the budget
+    assert expected_epochs(timed, None, 100) == 8 and expected_epochs(timed, 5, 100) == 5
+    both = Budget(60, 300, None)
+    both.update(15.0, 200, 4)
+    assert expected_epochs(both, None, 100) == 3  # the image budget ends the run first
+
+
+@pytest.fixture
+def crops(monkeypatch):
+    """The crop padding the loop sets at the start of every epoch."""
+    seen: list[int] = []
+    real = Loader.set_crop_padding
+
+    def spy(self, pixels):
+        seen.append(pixels)
+        real(self, pixels)
+
+    monkeypatch.setattr(Loader, "set_crop_padding", spy)
+    return seen
+
+
+@pytest.mark.parametrize("dt, expected", [(0.25, [0, 2, 2, 2, 2, 2]), (1.0, [0, 0])])
+def test_random_crop_only_in_runs_long_enough(tmp_path, ticking, crops, capsys, dt, expected):
+    """6 s of training, 4 steps an epoch: 6 epochs at 0.25 s a step (crops from epoch 2), 1.5 at 1 s (no crops)."""
+    cfg = tiny(tmp_path, **BUDGET, crop_padding=2, crop_min_epochs=5, progress="log")
+    train(cfg, clock=ticking(dt))
+    assert crops == expected
+    out = capsys.readouterr().out
+    assert ("random crop on from epoch 2: the run lasts about 6.0 epochs" in out) == (dt < 1)
+    off = "random crop off from epoch 2: the run lasts about 1.5 epochs (under crop_min_epochs=5)"
+    assert (off in out) == (dt == 1)
+
+
+def test_random_crop_decided_from_the_start_by_an_image_budget_and_kept_on_resume(
+    tmp_path, ticking, crops, monkeypatch
+):
+    cfg = tiny(tmp_path, **dict(BUDGET, time_limit_minutes=0, budget_images=400), crop_padding=2, crop_min_epochs=5)
+    cfg = cfg.replace(checkpoint_every_steps=2)
+
+    def stop_at_7(event, info):
+        if event == "step" and info["step"] == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[stop_at_7], clock=ticking(0.1))
+    assert crops == [2, 2]  # 400 images = 6.25 epochs of 64: long enough from the first epoch
+    state = json.loads((tmp_path / "run" / "last" / "trainer_state.json").read_text())
+    assert state["crops_on"] is True
+    crops.clear()
+    monkeypatch.setattr(loop_mod, "expected_epochs", lambda *a: 1.0)  # a new decision would turn the crop off
+    train(cfg.replace(resume="auto"), clock=ticking(0.1))  # the saved decision holds
+    assert crops and set(crops) == {2}
 
 
 def test_clock_counts_training_time_only():

@@ -217,6 +217,16 @@ def add_reference(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tta(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        default="none",
+        choices=["none", "flip"],
+        help="test-time augmentation: flip averages the predictions for each image and its mirror image (two "
+        "forward passes; for models trained with flips; the report gives the top-1 without it too) (default: none)",
+    )
+
+
 def add_model_name(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli._args import add_threads, apply_threads, positive_int, print_table
+from vitkit.cli._args import add_threads, add_tta, apply_threads, positive_int, print_table
 from vitkit.cli.train import add_config_flags, checkpoint_for_test, is_main_process, plot_run, resolve_config
 
 FAMILIES = ("vit", "swin", "cvt")
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-data", default=None, help="data source to evaluate on (default: the training --data)")
     p.add_argument("--eval-split", default="test", choices=["val", "test"], help="split to evaluate (default: test)")
     p.add_argument("--batch-size-eval", type=positive_int, default=256, help="evaluation batch size (default: 256)")
+    add_tta(p)
     add_config_flags(p, exclude={"model"})
     add_threads(p)
     p.set_defaults(output_dir_default="runs/compare")
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         model = optimize(from_pretrained(ckpt), inplace=True)
         if dataset is None:
             dataset = load_dataset(eval_data, args.eval_split)
-        ev = evaluate(model, dataset, batch_size=args.batch_size_eval, source=eval_data)
+        ev = evaluate(model, dataset, batch_size=args.batch_size_eval, source=eval_data, tta=args.tta)
         stats = model_stats(model)
         report = write_eval_outputs(
             ev, root / name / "eval", model=model, dataset=dataset, title=name, extra={"model": name}
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 "sec_per_epoch": round(s, 3) if (s := _seconds_per_epoch(result.history, wall)) else None,
                 "train_minutes": round(result.history[-1].get("train_time_s", wall) / 60, 2) if result.history else 0,
                 "top1": round(ev.top1 * 100, 2),
+                **({"top1_without_tta": round(ev.extra["top1_without_tta"] * 100, 2)} if args.tta != "none" else {}),
                 "macro_f1": round(ev.macro_f1, 4),
                 "stopped_early": result.stopped_early,
                 "confusion_matrix": report["files"].get("confusion_matrix"),
@@ -159,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         "eval_data": f"{eval_data} ({args.eval_split})",
         "budget": budget,
         "threads": threads,
+        "tta": args.tta,
         "config": base.to_dict(),
         "results": rows,
     }
@@ -176,10 +179,12 @@ def run(args: argparse.Namespace) -> int:
             ("sec_per_epoch", "s/epoch"),
             ("train_minutes", "train min"),
             ("top1", "top-1 %"),
+            *([("top1_without_tta", "without TTA %")] if args.tta != "none" else []),
             ("macro_f1", "macro-F1"),
         ],
     )
-    print(f"budget per model: {budget}; test split: {eval_data} ({args.eval_split})")
+    tta = f"; test-time augmentation: {args.tta}" if args.tta != "none" else ""
+    print(f"budget per model: {budget}; test split: {eval_data} ({args.eval_split}){tta}")
     print(f"\nresults: {root / 'compare.json'}")
     for r in rows:
         if r["confusion_matrix"]:

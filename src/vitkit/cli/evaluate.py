@@ -10,6 +10,7 @@ from vitkit.cli._args import (
     add_model_name,
     add_reference,
     add_threads,
+    add_tta,
     apply_threads,
     inference_model,
     non_negative_int,
@@ -48,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     add_device(p)
+    add_tta(p)
     add_threads(p)
     add_reference(p)
     add_model_name(p)
@@ -67,7 +69,13 @@ def run(args: argparse.Namespace) -> int:
     val_fraction, seed = run_split_settings(args.source, args.data)
     dataset = load_dataset(args.data, args.split, val_fraction=val_fraction, seed=seed)
     result = evaluate(
-        model, dataset, batch_size=args.batch_size, device=device, max_samples=args.max_samples, source=args.data
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        device=device,
+        max_samples=args.max_samples,
+        source=args.data,
+        tta=args.tta,
     )
     out = Path(args.output_dir) if args.output_dir else default_output_dir(args.source, args.split)
     extra = {"model": getattr(model, "model_name", None), "checkpoint": str(args.source), "split": args.split}

@@ -99,6 +99,12 @@ class Loader:
             transform = PILTransform(spec, train, aug, random_resized_crop, crop_padding, random_erasing)
             self._items = _Items(dataset, transform, skip_bad_images)
 
+    def set_crop_padding(self, pixels: int) -> None:
+        """Turn the random crop on or off between epochs (a recipe that crops only in long runs decides late)."""
+        self.crop_padding = pixels
+        if not self.in_memory:
+            self._items.transform.crop_padding = pixels
+
     # --- order ---------------------------------------------------------------------------------------
     def indices(self, epoch: int) -> np.ndarray:
         """This rank's sample indices for ``epoch``, in order."""

@@ -2,7 +2,9 @@
 
 The images go through the evaluation pipeline the model's ``data_config`` describes (resize, centre crop,
 normalise). In-memory data sets (IDX, CIFAR) are converted a whole batch at a time as tensors; image files
-are decoded one by one.
+are decoded one by one. ``tta="flip"`` (test-time augmentation) averages the class probabilities of each image and
+its mirror image: it costs a second forward pass and suits models trained with flips; the report keeps the top-1
+without it too, so the two can be told apart.
 """
 
 import json
@@ -120,6 +122,19 @@ def check_classes(model: Any, dataset: Any) -> list[str]:
     return classes
 
 
+TTA_CHOICES = ("none", "flip")
+
+
+def _scores(model: torch.nn.Module, x: torch.Tensor, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores to rank the classes by, the plain logits): the logits themselves, or with ``tta="flip"`` the mean of
+    the softmax over the image and its mirror image."""
+    logits = model(x).float().cpu()
+    if tta == "none":
+        return logits, logits
+    flipped = model(x.flip(-1)).float().cpu()
+    return (logits.softmax(dim=-1) + flipped.softmax(dim=-1)) / 2, logits
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -129,10 +144,13 @@ def evaluate(
     device: str | torch.device = "cpu",
     max_samples: int = 0,
     source: str = "",
+    tta: str = "none",
 ) -> EvalResult:
     """Run ``model`` over ``dataset`` (items ``(PIL image, label)``, optional ``.images`` uint8 array)."""
     if batch_size < 1:
         raise VitkitError(f"batch_size must be >= 1 (got {batch_size})")
+    if tta not in TTA_CHOICES:
+        raise VitkitError(f"tta must be one of {', '.join(TTA_CHOICES)} (got {tta!r})")
     class_names = check_classes(model, dataset)
     model.eval().to(device)
     spec = DataSpec.from_model(model)
@@ -144,6 +162,7 @@ def evaluate(
     k = model.num_classes
     cm = torch.zeros(k, k, dtype=torch.long)
     top = {1: 0, 5: 0}
+    plain_correct = 0  # top-1 of the plain forward pass, reported beside the TTA score
     preds, targets, confs = [], [], []
     start = time.perf_counter()
     for lo in range(0, n, batch_size):
@@ -153,19 +172,21 @@ def evaluate(
             y = torch.from_numpy(targets_all[lo:hi].astype(np.int64))
         else:
             x, y = _file_batch(dataset, range(lo, hi), spec)
-        logits = model(x.to(device)).float().cpu()
-        if not torch.isfinite(logits).all():
+        scores, logits = _scores(model, x.to(device), tta)
+        if not torch.isfinite(scores).all():
             raise VitkitError(f"the model produced NaN/inf logits on images {lo}..{hi - 1}; the weights are broken")
-        prob = logits.softmax(dim=-1)
+        prob = logits.softmax(dim=-1) if tta == "none" else scores
         conf, pred = prob.max(dim=-1)
         cm += confusion_matrix(pred, y, k)
-        for kk, v in topk_correct(logits, y, (1, 5)).items():
+        for kk, v in topk_correct(scores, y, (1, 5)).items():
             top[kk] += v
+        plain_correct += int((logits.argmax(dim=-1) == y).sum())
         preds.append(pred)
         targets.append(y)
         confs.append(conf)
     seconds = time.perf_counter() - start
     report = classification_report(cm, {kk: v / n for kk, v in top.items()})
+    extra = {} if tta == "none" else {"tta": tta, "top1_without_tta": plain_correct / n}
     return EvalResult(
         report=report,
         class_names=class_names,
@@ -174,6 +195,7 @@ def evaluate(
         confidences=torch.cat(confs),
         seconds=seconds,
         source=source or str(getattr(dataset, "source", "")),
+        extra=extra,
     )
 
 
@@ -236,6 +258,8 @@ def format_report(report: dict[str, Any], per_class: bool = True) -> str:
         f"top-1 {report['top1']:.2%}   top-5 {report.get('top5', math.nan):.2%}   macro-F1 {report['macro_f1']:.4f}   "
         f"macro precision {report['macro_precision']:.4f}   macro recall {report['macro_recall']:.4f}",
     ]
+    if "top1_without_tta" in report:
+        lines.append(f"test-time augmentation: {report['tta']} (top-1 without it {report['top1_without_tta']:.2%})")
     if per_class:
         width = max(5, *(len(str(c["name"])) for c in report["per_class"]))
         lines.append(f"{'class'.ljust(width)}  precision  recall     f1  support")

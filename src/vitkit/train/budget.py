@@ -149,6 +149,21 @@ class Budget:
         self.step = step
 
 
+def expected_epochs(budget: Budget, epochs: int | None, images_per_epoch: int) -> float | None:
+    """How many epochs the run will last: known from the start for ``epochs`` or an image budget, estimated from the
+    pace so far for a time budget (None before a first epoch is done); the shortest when there are several."""
+    lengths = []
+    if epochs is not None:
+        lengths.append(float(epochs))
+    if budget.images > 0:
+        lengths.append(budget.images / images_per_epoch)
+    if budget.seconds > 0:
+        if budget.images_seen < images_per_epoch or budget.train_time_s <= 0:
+            return None
+        lengths.append(budget.images_seen / images_per_epoch * budget.seconds / budget.train_time_s)
+    return min(lengths) if lengths else None
+
+
 class BudgetSchedule:
     """lr factor by budget fraction f: linear 0 -> 1 over ``warmup_fraction``, then cosine 1 -> ``min_lr / lr`` at 1.
 

@@ -63,6 +63,11 @@ class TrainConfig:
     aug: str = _f("flip", "augmentation: none | flip | randaugment | trivialaugment", choices=AUG_CHOICES)
     random_resized_crop: bool = _f(False, "random-resized-crop (scale 0.08-1) instead of a plain resize in training")
     crop_padding: int = _f(0, "random crop of the image padded with this many black pixels a side (0 = off)")
+    crop_min_epochs: float = _f(
+        0.0,
+        "use the random crop only in runs expected to last at least this many epochs (0 = always); with a time "
+        "budget the length is estimated from the pace of the first epoch",
+    )
     random_erasing: float = _f(0.0, "probability of erasing a random rectangle of each training image (0 = off)")
     mixup: float = _f(0.0, "mixup alpha (0 = off)")
     cutmix: float = _f(0.0, "cutmix alpha (0 = off); with mixup too, one of them is picked per batch")
@@ -155,7 +160,8 @@ class TrainConfig:
             raise bad("num_workers", "must be >= 0")
         if not 0 <= self.seed < 2**63:
             raise bad("seed", "must be in [0, 2**63)")
-        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "clip_grad", "mixup", "cutmix"):
+        numbers = ("lr", "min_lr", "weight_decay", "warmup_epochs", "clip_grad", "mixup", "cutmix", "crop_min_epochs")
+        for name in numbers:
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise bad(name, "must be a finite number >= 0")
         if not (math.isfinite(self.time_limit_minutes) and self.time_limit_minutes >= 0):

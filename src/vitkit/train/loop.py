@@ -31,7 +31,7 @@ from vitkit.factory import create_model
 from vitkit.hub import from_pretrained
 from vitkit.models.registry import parse_overrides
 from vitkit.train import dcp, distributed, sharding
-from vitkit.train.budget import TrainingClock, budget_text, build_schedule, planned_epochs
+from vitkit.train.budget import TrainingClock, budget_text, build_schedule, expected_epochs, planned_epochs
 from vitkit.train.config import TrainConfig, TrainResult
 from vitkit.train.optim import ModelEma, adamw, param_groups
 from vitkit.train.progress import MetricsLog, Progress
@@ -312,6 +312,7 @@ def _train(
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"acc": -1.0, "epoch": -1, "bad_epochs": 0}
     running = [0.0, 0.0, 0.0, 0.0]  # this epoch: loss sum, correct, images, skipped images
+    crops_on: bool | None = None  # with crop_min_epochs: whether this run is long enough for the random crop
     if resume_dir is not None:
         state, tensors, _ = load_checkpoint(resume_dir)
         _check_compatible(state, cfg, resume_dir, info.world_size)
@@ -334,6 +335,7 @@ def _train(
         clock = TrainingClock(clock.now, budget.train_time_s)
         scheduler.load_state_dict(state["scheduler"])
         history, best, running = state["history"], state["best"], _running_share(state, info)
+        crops_on = state.get("crops_on")
         say(f"resumed from {resume_dir}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
 
     # Everything that can fail early (settings, data, model, the checkpoint to resume) has been checked: only now is
@@ -398,6 +400,7 @@ def _train(
             "classes": classes,
             "world_size": info.world_size,
             "ema_updates": ema.updates if ema is not None else 0,
+            "crops_on": crops_on,
         }
         return save_checkpoint(
             out / name, model, state=state, tensors=tensors, weights=weights, state_dict=full_weights, shards=shards
@@ -415,6 +418,16 @@ def _train(
     if budget.active:
         say(f"budget: {budget_text(cfg)}; the lr schedule follows the fraction of it used")
     while (epochs is None or epoch < epochs) and stop_reason is None:
+        if cfg.crop_padding and cfg.crop_min_epochs:
+            images_per_epoch = batches_per_epoch * cfg.batch_size * info.world_size
+            if crops_on is None and (length := expected_epochs(budget, epochs, images_per_epoch)) is not None:
+                crops_on = length >= cfg.crop_min_epochs  # every rank: the budget's numbers are rank 0's
+                say(
+                    f"random crop {'on' if crops_on else 'off'} from epoch {epoch + 1}: the run lasts about "
+                    f"{length:.1f} epochs ({'at least' if crops_on else 'under'} crop_min_epochs="
+                    f"{cfg.crop_min_epochs:g})"
+                )
+            train_loader.set_crop_padding(cfg.crop_padding if crops_on else 0)
         net.train()
         bar = Progress(
             steps_per_epoch,
