@@ -56,6 +56,16 @@ def test_fine_tune_recipe_and_given_settings_win():
     assert choose(FM, {"batch_size": 256, "model": "x"}).settings["lr"] == pytest.approx(2e-3 * 2**0.5)
 
 
+def test_crops_only_in_long_runs_unless_asked_for():
+    small = choose(FM, {}).settings
+    assert small["crop_padding"] == 2 and small["crop_min_epochs"] == 30  # a long budget crops, a short one not
+    asked = choose(FM, {"crop_padding": 3}).settings  # the user's crops apply to any run length
+    assert "crop_padding" not in asked and "crop_min_epochs" not in asked
+    both = choose(FM, {"crop_padding": 3, "crop_min_epochs": 5}).settings
+    assert not {"crop_padding", "crop_min_epochs"} & set(both)
+    assert "crop_min_epochs" not in choose(FM, {"pretrained": "runs/x/best"}).settings
+
+
 def test_describe_data(tmp_path):
     stripes(tmp_path / "photos", n=6, sizes=(200, 400), seed=0)
     info = describe_data(f"folder:{tmp_path / 'photos'}")
