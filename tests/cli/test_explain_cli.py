@@ -38,7 +38,7 @@ def test_explain_writes_figures_numbers_and_one_page(trained_run, images, tmp_pa
                "-o", str(out), "--progress", "none"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((out / "explanations.json").read_text())
-    assert summary["methods"] == ["rollout", "grad-rollout", "gradcam"]
+    assert summary["methods"] == ["rollout", "grad-rollout", "gradcam", "integrated-gradients"]
     first = summary["images"][0]
     assert first["path"] == str(tall) and first["size"] == [60, 40]
     assert {e["target"]["name"] for e in first["explanations"]} == {"Sneaker"}

@@ -11,6 +11,7 @@ from vitkit.errors import VitkitError
 from vitkit.explanations import METHODS, explain
 from vitkit.explanations.core import _explain_batch
 from vitkit.explanations.geometry import spread, stages
+from vitkit.explanations.integrated_gradients import attributions
 from vitkit.explanations.rollout import layer_matrix, propagate, swin_window_step
 from vitkit.factory import create_model
 
@@ -105,7 +106,7 @@ def test_swin_windows_go_back_where_the_docstring_says():
     assert torch.allclose(swin_window_step(r, mats, meta), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["grad-rollout", "gradcam"])
+@pytest.mark.parametrize("method", ["grad-rollout", "gradcam", "integrated-gradients"])
 @pytest.mark.parametrize("family", list(TINY))
 def test_class_specific_methods_follow_the_target(models, family, method):
     size = SIZES[family][1]
@@ -113,6 +114,26 @@ def test_class_specific_methods_follow_the_target(models, family, method):
     a = explain(models[family], x, method=method, target=0).heatmaps
     b = explain(models[family], x, method=method, target=3).heatmaps
     assert (a - b).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_integrated_gradients_add_up_to_the_change_of_the_target_logit(models, family):
+    """Completeness (Sundararajan et al.): the attributions sum to f(x) - f(grey image), up to the midpoint rule."""
+    model = models[family]
+    x = torch.randn(2, 3, *SIZES[family][1])
+    targets = torch.tensor([1, 3])
+    attr = attributions(model, x, targets, steps=256)  # these random weights make a rough path: many steps
+    with torch.no_grad():
+        change = (model(x) - model(torch.zeros_like(x))).gather(1, targets.view(-1, 1)).flatten()
+    assert attr.shape == x.shape
+    assert torch.allclose(attr.sum(dim=(1, 2, 3)), change, atol=0.01 * change.abs().max().item())
+    rel, _, _ = _explain_batch(model, x, "integrated-gradients", [1, 3], steps=256)
+    assert torch.allclose(rel, attr.sum(1).clamp_min(0), atol=1e-5)  # the map: channels summed, positive part
+
+
+def test_integrated_gradients_steps_are_checked(models):
+    with pytest.raises(VitkitError, match="steps must be >= 1"):
+        explain(models["vit"], torch.randn(1, 3, 32, 32), method="integrated-gradients", steps=0)
 
 
 def test_rollout_does_not_depend_on_the_target(models):

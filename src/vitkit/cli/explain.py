@@ -11,7 +11,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from vitkit.cli._args import add_device, add_model_name, add_threads, apply_threads, inference_model, resolve_device
+from vitkit.cli._args import (
+    add_device,
+    add_model_name,
+    add_threads,
+    apply_threads,
+    inference_model,
+    positive_int,
+    resolve_device,
+)
 from vitkit.errors import VitkitError
 
 
@@ -47,6 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --mechanism: draw for this input size instead of the model's own (Swin pads odd sizes)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=16,
+        help="integrated-gradients: points on the path from the grey image to the input, each one forward and "
+        "backward pass (default: 16)",
+    )
     p.add_argument("--no-figures", action="store_true", help="write only the numbers (.npy, JSON)")
     p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto", help="progress display")
     add_device(p)
@@ -142,7 +157,15 @@ def run_explain(args: argparse.Namespace) -> int:
     results = {}
     for m in methods:
         results[m] = (
-            explain(model, images, method=m, target=args.target, batch_size=args.batch_size, progress=progress.update)
+            explain(
+                model,
+                images,
+                method=m,
+                target=args.target,
+                batch_size=args.batch_size,
+                steps=args.steps,
+                progress=progress.update,
+            )
             if images
             else None
         )

@@ -1,12 +1,14 @@
 """``vitkit.explain(model, images, method=..., target=...)``: heat maps of what a classifier looked at.
 
-Three methods, for every family and any input size the model accepts:
+Four methods, for every family and any input size the model accepts:
 
 * ``rollout``: attention rollout (Abnar & Zuidema, 2020), the flow of attention from the token the head reads down
   to the pixels. It does not depend on the class.
 * ``grad-rollout``: gradient-weighted rollout (Chefer et al., 2021): each layer's attention weighted by the gradient
   of the target logit, positive part, so the map follows the class asked about.
 * ``gradcam``: Grad-CAM (Selvaraju et al., 2017) on the family's last feature map that still reaches the head.
+* ``integrated-gradients``: integrated gradients (Sundararajan et al., 2017) from a grey image to the input, the
+  same computation for every family, at pixel resolution (``steps`` forward and backward passes per batch).
 
 Images are model inputs (tensors, already normalised) or image files / PIL images, which go through the same
 evaluation pipeline as ``vitkit predict``; the original images are kept so that figures can be drawn on them
@@ -29,14 +31,17 @@ from vitkit.data.images import open_image
 from vitkit.data.transforms import DataSpec, eval_geometry, eval_image
 from vitkit.errors import VitkitError
 from vitkit.explanations.gradcam import capture_features, gradcam_pixels
+from vitkit.explanations.integrated_gradients import integrated_gradients_pixels
 from vitkit.explanations.rollout import propagate
 
 METHODS = {
     "rollout": "attention rollout (Abnar & Zuidema 2020): attention flow to the head's token; not class-specific",
     "grad-rollout": "gradient-weighted rollout (Chefer et al. 2021): attention weighted by the target's gradient",
     "gradcam": "Grad-CAM (Selvaraju et al. 2017) on the last feature map that reaches the head",
+    "integrated-gradients": "integrated gradients (Sundararajan et al. 2017): the target's gradient along the path "
+    "from a grey image to the input, times the input",
 }
-CLASS_SPECIFIC = ("grad-rollout", "gradcam")
+CLASS_SPECIFIC = ("grad-rollout", "gradcam", "integrated-gradients")
 FAMILIES = ("vit", "swin", "cvt")
 
 ImageLike = str | os.PathLike | Image.Image | torch.Tensor
@@ -200,7 +205,9 @@ def prepare_images(model, images: ImageLike | Sequence[ImageLike]):
 
 
 # --- the methods ----------------------------------------------------------------------------------------------
-def _explain_batch(model, x: torch.Tensor, method: str, target: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _explain_batch(
+    model, x: torch.Tensor, method: str, target: Any, steps: int = 16
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(relevance per pixel (B, H, W), logits, targets) for one batch on the model's device."""
     size = (x.shape[-2], x.shape[-1])
     names = getattr(model, "class_names", None)
@@ -221,6 +228,12 @@ def _explain_batch(model, x: torch.Tensor, method: str, target: Any) -> tuple[to
             grads = torch.autograd.grad(score, weights, allow_unused=True)
             grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads, strict=True)]
             return propagate(model, maps, grads, size), logits.detach(), targets
+        if method == "integrated-gradients":
+            with torch.no_grad():
+                logits = model(x)
+            _check_logits(logits)
+            targets = resolve_targets(target, logits, names)
+            return integrated_gradients_pixels(model, x, targets, steps), logits.detach(), targets
         handle, store = capture_features(model, size)
         try:
             logits = model(x)
@@ -252,18 +265,21 @@ def explain(
     target: int | str | Sequence[int | str] | None = None,
     *,
     batch_size: int = 16,
+    steps: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> Explanation:
     """Heat maps of ``images`` under ``model`` by ``method`` (see :data:`METHODS`), for class ``target``.
 
     ``images``: a (B, C, H, W) / (C, H, W) input tensor, or image files / PIL images (read like ``vitkit predict``).
     ``target``: None = each image's predicted class; a class index or name; or one per image. ``progress`` is called
-    with the number of images done after every batch.
+    with the number of images done after every batch. ``steps``: the points on the path of integrated gradients.
     """
     check_model(model, method)
     x, originals, spec, paths = prepare_images(model, images)
     if batch_size < 1:
         raise VitkitError(f"batch_size must be >= 1 (got {batch_size})")
+    if steps < 1:
+        raise VitkitError(f"steps must be >= 1 (got {steps})")
     if isinstance(target, (list, tuple, torch.Tensor)) and len(target) != x.shape[0]:
         raise VitkitError(f"target: {len(target)} classes given for {x.shape[0]} images")
     param = next(model.parameters())
@@ -274,7 +290,7 @@ def explain(
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size].to(param.device, param.dtype)
             tb = target[start : start + batch_size] if isinstance(target, (list, tuple, torch.Tensor)) else target
-            rel, lg, tg = _explain_batch(model, xb, method, tb)
+            rel, lg, tg = _explain_batch(model, xb, method, tb, steps)
             heat.append(normalise(rel).cpu())
             logits.append(lg.float().cpu())
             targets.append(tg.cpu())
