@@ -1,6 +1,6 @@
 """How faithful are vitkit's explanations? Deletion / insertion against a random order, and the pointing game.
 
-Two parts, per family (ViT, Swin, CvT) and method (rollout, grad-rollout, gradcam):
+Two parts, per family (ViT, Swin, CvT) and method (rollout, grad-rollout, gradcam, integrated-gradients):
 
 * ``fashion``: the three 28 px models trained on Fashion-MNIST (``vitkit.train``; a run already in ``--runs`` is
   reused). On the first ``--images`` test images, each explanation orders 4x4-pixel squares (``--block``) from most
@@ -49,7 +49,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", default="fashion,pointing", help="fashion, pointing or both (comma-separated)")
     p.add_argument("--families", default="vit,swin,cvt")
-    p.add_argument("--methods", default="rollout,grad-rollout,gradcam")
+    p.add_argument("--methods", default="rollout,grad-rollout,gradcam,integrated-gradients")
     p.add_argument("--data", default="fashion-mnist:../shared/data/fashion-mnist", help="Fashion-MNIST source")
     p.add_argument("--runs", default="runs/explain", help="trained models: <runs>/<model name> (trained if absent)")
     p.add_argument("--train-epochs", type=int, default=3, help="Fashion-MNIST epochs for a model trained here")

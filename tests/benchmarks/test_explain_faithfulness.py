@@ -20,5 +20,6 @@ def test_tiny_run_beats_chance_and_random(tmp_path):
     rollout, random = vit["blocks"]["rollout"], vit["blocks"]["random"]
     assert rollout["deletion_auc"] < random["deletion_auc"] - 0.05
     assert rollout["insertion_auc"] > random["insertion_auc"] + 0.05
-    assert set(vit["hit_rate"]) == {"rollout", "grad-rollout", "gradcam"}
+    assert set(vit["hit_rate"]) == {"rollout", "grad-rollout", "gradcam", "integrated-gradients"}
+    assert vit["hit_rate"]["integrated-gradients"] >= 3 * pointing["chance"]
     assert (tmp_path / "explain_faithfulness.md").read_text().startswith("### Explanation faithfulness")
