@@ -328,7 +328,7 @@ def markdown(result: dict) -> str:
                 deletion = f"{r['deletion_auc']:.3f} ± {r['deletion_auc_se']:.3f}"
                 insertion = f"{r['insertion_auc']:.3f} ± {r['insertion_auc_se']:.3f}"
                 epochs = row.get("trained", {}).get("epochs_done")
-                trained = f", {epochs:g} ep." if isinstance(epochs, (int, float)) else ""
+                trained = f", {epochs:.3g} ep." if isinstance(epochs, (int, float)) else ""
                 lines.append(
                     f"| {fam} | {row['model']} ({row['accuracy']:.1%}{trained}) | {order} | {deletion} | "
                     f"{_pct(r.get('deletion_beats_random'))} | {insertion} | {_pct(r.get('insertion_beats_random'))} |"

@@ -116,6 +116,20 @@ def test_compare_skips_unregistered_names(tmp_path, capsys):
     assert row["gflops"] > 0 and row["sec_per_epoch"] > 0
     assert (out / "vit_nano_patch4_28" / "eval" / "confusion_matrix.png").is_file()
     assert "top-1 %" in captured.out and "macro-F1" in captured.out
+    assert "without TTA" not in captured.out and "top1_without_tta" not in row and summary["tta"] == "none"
+
+
+def test_compare_with_flip_tta_keeps_the_plain_score(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = [a for a in TINY_TRAIN if a not in ("--model", "vit_nano_patch4_28")]
+    assert main(["compare", "--models", "vit_nano_patch4_28", *args, "--tta", "flip", "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "compare.json").read_text())
+    (row,) = summary["results"]
+    assert summary["tta"] == "flip" and 0 <= row["top1_without_tta"] <= 100
+    report = json.loads((out / "vit_nano_patch4_28" / "eval" / "report.json").read_text())
+    assert report["tta"] == "flip" and row["top1_without_tta"] == round(report["top1_without_tta"] * 100, 2)
+    assert "without TTA %" in captured.out and "test-time augmentation: flip" in captured.out
 
 
 def test_default_compare_models_cover_each_registered_family(capsys):
