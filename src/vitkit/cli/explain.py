@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     methods = "; ".join(f"{k}: {v}" for k, v in METHODS.items())
     p.add_argument(
         "--method",
-        default="grad-rollout",
-        help=f"one method, several separated by commas, or 'all' (default: grad-rollout). {methods}",
+        default="integrated-gradients",
+        help=f"one method, several separated by commas, or 'all' (default: integrated-gradients, the most faithful "
+        f"in every family). {methods}",
     )
     p.add_argument(
         "--class",

@@ -261,7 +261,7 @@ def normalise(relevance: torch.Tensor) -> torch.Tensor:
 def explain(
     model: torch.nn.Module,
     images: ImageLike | Sequence[ImageLike],
-    method: str = "grad-rollout",
+    method: str = "integrated-gradients",
     target: int | str | Sequence[int | str] | None = None,
     *,
     batch_size: int = 16,

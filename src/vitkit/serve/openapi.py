@@ -124,7 +124,11 @@ def openapi_document(model: dict[str, Any]) -> dict[str, Any]:
                 "post": {
                     "summary": "The explanation overlay of one image, as PNG",
                     "parameters": [
-                        {"name": "method", "in": "query", "schema": {"type": "string", "default": "grad-rollout"}},
+                        {
+                            "name": "method",
+                            "in": "query",
+                            "schema": {"type": "string", "default": "integrated-gradients"},
+                        },
                         {
                             "name": "target",
                             "in": "query",
