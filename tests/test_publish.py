@@ -51,6 +51,16 @@ def test_the_card_says_what_the_weights_are_and_how_they_were_made(tmp_path):
     assert "normalise with mean [0.286] and std [0.353]" in card
 
 
+def test_the_card_says_when_the_score_used_test_time_augmentation(tmp_path):
+    run = fake_run(tmp_path)
+    report_path = run / "eval-test" / "report.json"
+    report = json.loads(report_path.read_text()) | {"tta": "flip", "top1_without_tta": 0.9011}
+    report_path.write_text(json.dumps(report))
+    card = write_model_card(run / "best").read_text()
+    assert "- test-time augmentation: flip (the scores below; top1 without it: 0.9011)" in card
+    assert "top1: 0.9123" in card
+
+
 def test_train_command_lists_only_what_differs_from_the_defaults():
     cfg = TrainConfig(model="swin_tiny_patch4_window7_224", pretrained="w.pth", freeze_backbone=True, betas=(0.9, 0.95))
     cmd = train_command(json.loads(json.dumps(cfg.to_dict())))  # as read back from train_config.json

@@ -133,6 +133,11 @@ def model_card(
         lines += ["## Evaluation", ""]
         where = f"`{report.get('data', '?')}`" + (f", split {report['split']}" if report.get("split") else "")
         lines += [f"- data: {where}, {report.get('num_samples', '?')} images"]
+        if report.get("tta") and isinstance(report.get("top1_without_tta"), (int, float)):  # say what the score is
+            lines += [
+                f"- test-time augmentation: {report['tta']} (the scores below; top1 without it: "
+                f"{report['top1_without_tta']:.4f})"
+            ]
         metrics = [
             (k, report[k]) for k in ("top1", "top5", "macro_f1", "macro_precision", "macro_recall") if k in report
         ]
