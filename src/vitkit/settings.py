@@ -70,13 +70,14 @@ def c_compiler_name() -> str | None:
 class EngineSettings:
     """What :func:`vitkit.optimize` may do to a model; every swap can be switched off on its own."""
 
-    fused_linear: bool = True  # bias + GELU and residual adds inside oneDNN's matmul (CPU float32)
+    fused_linear: bool = True  # bias + GELU and residual adds inside oneDNN's matmul (CPU float32 and bf16)
     native_kernels: bool = field(default_factory=native_kernels_enabled)  # C attention kernels (CPU float32)
     fold_batchnorm: bool = True  # CvT: each projection's BatchNorm folded into its depthwise conv
     precompute_bias: bool = True  # Swin: relative-position bias + shift mask built once per resolution
     micro_batch_bytes: int = 32 * 2**20  # CPU: slices of the batch where a temporary would exceed this; 0 = off
     pack_weights: bool = False  # Linear weights kept in oneDNN's blocked layout (a second copy of each weight)
     bf16_weights: bool = False  # weights and activations in bfloat16 (native bf16 CPUs, CUDA); float32 logits out
+    lowp_linear: bool = True  # bf16 / fp16 matmuls (autocast, bf16_weights): Linear weights cast (CPU: packed) once
 
     def __post_init__(self) -> None:
         for name in (
@@ -86,6 +87,7 @@ class EngineSettings:
             "precompute_bias",
             "pack_weights",
             "bf16_weights",
+            "lowp_linear",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise VitkitError(f"optimize: {name} must be True or False, got {getattr(self, name)!r}")

@@ -1,9 +1,11 @@
-"""The engine's oneDNN fused linear: equal to the plain ops, and only where nothing but rounding can differ."""
+"""The engine's linears: equal to the plain ops, and only where nothing but rounding can differ."""
+
+import copy
 
 import torch
 import torch.nn.functional as F
 
-from vitkit.engine.linear import PackedLinear, linear, mlp
+from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, CastOnceLinear, PackedLinear, linear, mlp
 from vitkit.layers import Mlp
 
 
@@ -51,3 +53,41 @@ def test_packed_linear_equals_the_plain_one_and_keeps_its_state_dict():
         torch.testing.assert_close(linear(x, packed, residual=ref), 2 * ref)
     torch.testing.assert_close(packed(x), ref)  # autograd on: the plain weight
     assert packed.state_dict().keys() == ref_state.keys()
+
+
+BF16 = {"atol": 0.02, "rtol": 0.02}  # bf16 rounding of a sum of 8 products, summed in another order
+
+
+def test_cast_once_linear_gives_autocasts_numbers_and_casts_again_when_the_weights_change():
+    layer = torch.nn.Linear(8, 4)
+    fast = copy.deepcopy(layer)
+    fast.__class__ = CastOnceLinear
+    x, res = torch.randn(3, 8), torch.randn(3, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = layer(x)
+        out = fast(x)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, ref, **BF16)
+        weight, bias, onednn = fast.prepared(torch.bfloat16, x.device)
+        assert bias.dtype == torch.bfloat16 and onednn == HAS_BF16_FUSED_LINEAR
+        fast(x)
+        assert fast.prepared(torch.bfloat16, x.device)[0] is weight  # kept between calls
+        out = linear(x, fast, gelu=True)  # the engine's helper: GELU (and below the residual add) fused where it can
+        torch.testing.assert_close(out, F.gelu(ref), **BF16)
+        out = linear(x, fast, residual=res)
+        assert out.dtype == torch.float32  # autocast's promotion: the residual stream stays float32
+        torch.testing.assert_close(out, res + ref.float(), **BF16)
+        fast.weight.mul_(2)
+        layer.weight.mul_(2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # a new region: autocast's cache is empty
+        torch.testing.assert_close(fast(x), layer(x), **BF16)  # the changed weight, not the stale copy
+        assert fast.prepared(torch.bfloat16, x.device)[0] is not weight
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), layer(x))  # no autocast: float32, plain
+        fast16, layer16 = copy.deepcopy(fast).bfloat16(), copy.deepcopy(layer).bfloat16()  # a model cast to bf16
+        torch.testing.assert_close(
+            linear(x.bfloat16(), fast16, residual=res.bfloat16()), res.bfloat16() + layer16(x.bfloat16()), **BF16
+        )
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autograd: the plain layer, gradients reach the weight
+        fast(x.requires_grad_()).sum().backward()
+    assert fast.weight.grad is not None

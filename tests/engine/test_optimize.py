@@ -125,6 +125,11 @@ def test_autocast_and_other_dtypes_take_the_reference_math():
         ref = model(x)
     assert out.dtype == torch.bfloat16 and kernels.call_counts() == {}
     torch.testing.assert_close(out.float(), ref.float(), atol=0.1, rtol=0.05)
+    assert any("CastOnceLinear" in line for line in fast.optimization.lines())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # weights cast at every call instead
+        plain = optimize(model, lowp_linear=False)
+        assert not any("CastOnceLinear" in line for line in plain.optimization.lines())
+        torch.testing.assert_close(plain(x).float(), ref.float(), atol=0.1, rtol=0.05)
     fast64, model64 = optimize(copy.deepcopy(model).double()), copy.deepcopy(model).double()
     with torch.no_grad():
         torch.testing.assert_close(fast64(x.double()), model64(x.double()))

@@ -12,6 +12,9 @@ swapped for engine versions:
   once per resolution;
 * CvT: each projection's BatchNorm folded into its depthwise conv;
 * CPU batches whose widest temporary would be huge run in slices (no page faults on every call);
+* bf16 / fp16 matmuls (autocast, or ``bf16_weights``): Linear weights cast to that dtype once instead of on every
+  call (autocast's own cache skips tensors that need no gradient, as a frozen model's), on the CPU in oneDNN's layout
+  with bias, GELU and residual add fused as in float32;
 * optionally, Linear weights pre-packed in oneDNN's layout (``pack_weights=True``);
 * optionally, the whole model in bfloat16 (``bf16_weights=True``): inputs are cast on the way in and the logits come
   back in float32. On CPUs with native bf16 (AVX512-BF16, AMX) this is faster than autocast, which keeps float32
@@ -36,7 +39,7 @@ import torch
 from torch import nn
 
 from vitkit.engine import cvt, swin, vit
-from vitkit.engine.linear import HAS_FUSED_LINEAR, PackedLinear
+from vitkit.engine.linear import HAS_FUSED_LINEAR, CastOnceLinear, PackedLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
 from vitkit.errors import VitkitError
 from vitkit.kernels import unavailable_reason
@@ -92,6 +95,10 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
         elif settings.pack_weights and type(module) is nn.Linear and module.weight.device.type == "cpu":
             report.swaps[("Linear", "vitkit.engine.linear.PackedLinear", "weight pre-packed for oneDNN")] += 1
             PackedLinear.from_linear(module)
+        elif settings.lowp_linear and type(module) is nn.Linear:
+            swap = ("Linear", "vitkit.engine.linear.CastOnceLinear", "bf16 / fp16 matmuls: weights cast once")
+            report.swaps[swap] += 1
+            module.__class__ = CastOnceLinear
     if settings.bf16_weights:  # after the swaps: folded BatchNorm and the other precomputed buffers are cast too
         tensors = sum(1 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
         model.to(torch.bfloat16)

@@ -26,6 +26,18 @@ def autocast_on() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast casts matmul inputs to on this device type, or None when autocast is off there."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # torch < 2.4: CPU autocast had its own functions
+        if device_type == "cpu" and torch.is_autocast_cpu_enabled():
+            return torch.get_autocast_cpu_dtype()
+        return None
+
+
 def inference_call(attn: nn.Module | None = None) -> bool:
     """May an engine module leave the reference path for this call (any device)?"""
     return not torch.is_grad_enabled() and not is_tracing() and not getattr(attn, "record_attention", False)
