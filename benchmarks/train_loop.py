@@ -19,14 +19,19 @@ augmentation, forward, loss, backward, clipping, AdamW, lr schedule, logging) is
 script writes: index a batch of the in-memory uint8 images, scale, resize, normalise and flip it as tensors, forward,
 ``F.cross_entropy(label_smoothing=...)``, backward, ``clip_grad_norm_``, ``torch.optim.AdamW`` (PyTorch's default
 implementation, weight decay off for biases and norms), a warm-up + cosine ``LambdaLR``; timed the same way. It runs
-over vitkit's own reference model too, which separates the trainer's cost from the model's. Contenders alternate,
-their order rotating every round; the ratio is vitkit train's median images/s over the fastest plain loop's over a
-peer model (transformers or timm) in the same run.
+over vitkit's own reference model too, which separates the trainer's cost from the model's. Every run is a fresh
+process, as each would be in use: `vitkit train` with the allocator setting the ``vitkit`` command gives itself
+(``VITKIT_MALLOC``, default ``tuned``), the plain loops with glibc's defaults (``--plain-malloc`` changes that).
+Contenders alternate, their order rotating every round; the ratio is vitkit train's median images/s over the fastest
+plain loop's over a peer model (transformers or timm) in the same run.
 """
 
 import argparse
+import json
 import math
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,9 +44,11 @@ from vitkit.bench.machine import cpu_name, load_avg, machine_info
 from vitkit.bench.timing import percentile
 from vitkit.convert import HF_CONFIGS, to_timm
 from vitkit.data import build_dataset
+from vitkit.engine.malloc import PRESETS, set_malloc
 from vitkit.errors import VitkitError
 from vitkit.factory import create_model
 from vitkit.hub import save_pretrained
+from vitkit.settings import malloc_preset
 from vitkit.train import TrainConfig, train
 from vitkit.train.recipe import FINE_TUNE, SMALL_IMAGES
 from vitkit.utils.io import atomic_write_json, atomic_write_text
@@ -51,6 +58,7 @@ CASES = {
     "fashion-vit": {"model": "vit_tiny_patch4_28", "img_size": 28, "recipe": SMALL_IMAGES, "pretrained": False},
     "finetune": {"model": "vit_small_patch16_224", "img_size": 224, "recipe": FINE_TUNE, "pretrained": True},
 }
+RESULT = "train_loop result: "
 VAL_FRACTION = 0.1  # the recipe's hold-out for data sets without a validation split of their own
 
 
@@ -148,37 +156,73 @@ def run_plain_loop(model, forward, images, labels, case: dict, s: dict, steps: i
     return clock.images_per_s(batch, warmup)
 
 
-def peer_models(name: str, classes: int, drop_path: float) -> dict[str, tuple[torch.nn.Module, Any]]:
-    """The same architecture as ``name`` (one input channel, ``classes`` classes) in vitkit, transformers, timm."""
-    vk = create_model(name, num_classes=classes, in_chans=1, drop_path_rate=drop_path)
-    models: dict[str, tuple[torch.nn.Module, Any]] = {"plain loop, vitkit model": (vk, lambda m, x: m(x))}
-    try:
-        import transformers
+class LeftOut(Exception):
+    """This contender cannot run here (the library is missing or cannot build the architecture)."""
 
-        fields = HF_CONFIGS[vk.config.family](vk.config)
-        if vk.config.family == "cvt":
-            fields["drop_path_rate"] = [0.0] * (len(fields["depth"]) - 1) + [drop_path]
-        elif vk.config.family == "swin":
-            fields["drop_path_rate"] = drop_path  # transformers' ViT has no stochastic depth
-        hf_cfg = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
-        hf = transformers.AutoModelForImageClassification.from_config(hf_cfg)
-        models["plain loop, transformers"] = (hf, lambda m, x: m(pixel_values=x).logits)
-    except ImportError:
-        print("transformers is not installed: left out")
-    except VitkitError as e:
-        print(f"transformers: left out ({e})")
+
+def plain_model(kind: str, name: str, classes: int, drop_path: float) -> tuple[torch.nn.Module, Any]:
+    """(model, forward) for the plain loop: the architecture ``name`` (one input channel, ``classes`` classes) in
+    vitkit, transformers or timm."""
+    vk = create_model(name, num_classes=classes, in_chans=1, drop_path_rate=drop_path)
+    if kind == "vitkit":
+        return vk, lambda m, x: m(x)
     try:
+        if kind == "transformers":
+            import transformers
+
+            fields = HF_CONFIGS[vk.config.family](vk.config)
+            if vk.config.family == "cvt":
+                fields["drop_path_rate"] = [0.0] * (len(fields["depth"]) - 1) + [drop_path]
+            elif vk.config.family == "swin":
+                fields["drop_path_rate"] = drop_path  # transformers' ViT has no stochastic depth
+            hf_cfg = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+            hf = transformers.AutoModelForImageClassification.from_config(hf_cfg)
+            return hf, lambda m, x: m(pixel_values=x).logits
         import timm
 
         files, _ = to_timm(vk.config, {}, None, name)
         conf = files["config.json"]
-        tm = timm.create_model(conf["architecture"], **conf["model_args"] | {"drop_path_rate": drop_path})
-        models["plain loop, timm"] = (tm, lambda m, x: m(x))
+        return timm.create_model(conf["architecture"], **conf["model_args"] | {"drop_path_rate": drop_path}), (
+            lambda m, x: m(x)
+        )
     except VitkitError as e:
-        print(f"timm: left out ({e})")
-    except Exception as e:  # timm fails to import in several ways without a matching torchvision
-        print(f"timm is not importable ({type(e).__name__}: {e}): left out")
-    return models
+        raise LeftOut(str(e)) from e
+    except Exception as e:  # not installed, or timm without a matching torchvision
+        raise LeftOut(f"{kind} is not importable ({type(e).__name__}: {e})") from e
+
+
+CONTENDERS = {  # name -> the library whose model the plain loop trains (None: `vitkit train` itself)
+    "vitkit train": None,
+    "plain loop, vitkit model": "vitkit",
+    "plain loop, transformers": "transformers",
+    "plain loop, timm": "timm",
+}
+
+
+def run_worker(a: argparse.Namespace, case: dict, s: dict) -> float:
+    """One contender, once, in this (fresh) process."""
+    kind = CONTENDERS[a.worker]
+    if kind is None:
+        set_malloc(malloc_preset())  # what the `vitkit` command does to its own process
+        return run_vitkit_train(case, a.data, a.pretrained_dir, s, a.steps, a.warmup, a.amp)
+    set_malloc(a.plain_malloc)
+    ds = build_dataset(a.data, "train", val_fraction=VAL_FRACTION, seed=0)
+    n = s["batch"] * (a.steps + a.warmup)
+    if len(ds) < n or ds.images.ndim != 3:
+        raise SystemExit(f"{a.data}: {n} grey training images needed, found {len(ds)} of shape {ds.images.shape[1:]}")
+    images, labels = torch.from_numpy(ds.images[:n]), torch.from_numpy(ds.targets[:n]).long()
+    torch.manual_seed(0)
+    model, forward = plain_model(kind, case["model"], len(ds.classes), s["drop_path_rate"])
+    return run_plain_loop(model, forward, images, labels, case, s, a.steps, a.warmup, a.amp)
+
+
+def run_in_subprocess(argv: list[str], name: str, pretrained: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, *argv, "--worker", name, "--pretrained-dir", pretrained]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT) :])
 
 
 def summarise(rates: dict[str, list[float]]) -> dict[str, Any]:
@@ -218,11 +262,13 @@ def table(result: dict) -> str:
         ]
     if "ratio_vs_plain_loop_same_model" in s:
         lines.append(f"vitkit train / plain loop over vitkit's model: {s['ratio_vs_plain_loop_same_model']:.3f}x")
+    lines += [f"left out: {k} ({why})" for k, why in result["left_out"].items()]
     lines.append(f"\nload average before -> after: {result['load_before']} -> {result['load_after']}")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="sample", help="a data source, e.g. fashion-mnist:DIR (default: the sample)")
     p.add_argument("--case", choices=sorted(CASES), default="fashion")
@@ -234,7 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--only", help="comma-separated contenders to run (names as in the table)")
+    p.add_argument(
+        "--plain-malloc",
+        choices=sorted(PRESETS),
+        default="default",
+        help="glibc malloc preset of the plain loops' processes (default: untouched, as a plain script runs; "
+        "`vitkit train` applies VITKIT_MALLOC, default tuned, as the vitkit command does)",
+    )
     p.add_argument("--out", help="directory for the JSON + Markdown result")
+    p.add_argument("--worker", choices=list(CONTENDERS), help=argparse.SUPPRESS)
+    p.add_argument("--pretrained-dir", default="", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -242,33 +297,34 @@ def main(argv: list[str] | None = None) -> int:
     if a.model:
         case["model"] = a.model
     s = recipe_settings(case, a.batch_size or case["recipe"]["batch_size"])
-    ds = build_dataset(a.data, "train", val_fraction=VAL_FRACTION, seed=0)
-    n = s["batch"] * (a.steps + a.warmup)
-    if len(ds) < n:
-        raise SystemExit(f"{a.data}: {len(ds)} training images, {n} needed; use fewer --steps or a larger set")
-    images, labels = torch.from_numpy(ds.images[:n]), torch.from_numpy(ds.targets[:n]).long()
-    if images.ndim != 3:
-        raise SystemExit(f"{a.data}: the benchmark takes grey images (N, H, W), got {tuple(images.shape)}")
-    torch.manual_seed(0)
-    runs: dict[str, Any] = {}
+    if a.worker:  # one contender, once: every run in a fresh process, so no run inherits another's allocator state
+        try:
+            print(RESULT + json.dumps({"img_s": run_worker(a, case, s)}))
+        except LeftOut as e:
+            print(RESULT + json.dumps({"left_out": str(e)}))
+        return 0
+    names = [k for k in CONTENDERS if not a.only or k in a.only.split(",")]
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    left_out: dict[str, str] = {}
+    before = load_avg()
     with tempfile.TemporaryDirectory(prefix="vitkit-train-bench-ckpt-") as ckpt:
         pretrained = ""
         if case["pretrained"]:  # a checkpoint to fine-tune from (random weights: speed does not depend on them)
             save_pretrained(create_model(case["model"]), ckpt)
             pretrained = ckpt
-        runs["vitkit train"] = lambda: run_vitkit_train(case, a.data, pretrained, s, a.steps, a.warmup, a.amp)
-        for name, (model, fwd) in peer_models(case["model"], len(ds.classes), s["drop_path_rate"]).items():
-            runs[name] = lambda m=model, f=fwd: run_plain_loop(m, f, images, labels, case, s, a.steps, a.warmup, a.amp)
-        if a.only:
-            runs = {k: v for k, v in runs.items() if k in a.only.split(",")}
-        before = load_avg()
-        rates: dict[str, list[float]] = {k: [] for k in runs}
-        names = list(runs)
         for r in range(a.rounds):
             for j in range(len(names)):
                 k = names[(r + j) % len(names)]
-                rates[k].append(runs[k]())
-                print(f"round {r + 1}: {k}: {rates[k][-1]:.1f} img/s", flush=True)
+                if k in left_out:
+                    continue
+                got = run_in_subprocess(argv, k, pretrained)
+                if "left_out" in got:
+                    left_out[k] = got["left_out"]
+                    print(f"{k}: left out ({got['left_out']})", flush=True)
+                    continue
+                rates[k].append(got["img_s"])
+                print(f"round {r + 1}: {k}: {got['img_s']:.1f} img/s", flush=True)
+    rates = {k: v for k, v in rates.items() if k not in left_out}
     result = {
         "benchmark": "train_loop",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -282,10 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "data": a.data,
         "settings": s,
+        "malloc": {"vitkit train": malloc_preset(), "plain loops": a.plain_malloc},
         "machine": machine_info(torch.device("cpu")),
         "load_before": before,
         "load_after": load_avg(),
         "images_per_s": rates,
+        "left_out": left_out,
         "summary": summarise(rates),
     }
     text = table(result)
