@@ -77,6 +77,7 @@ class EngineSettings:
     micro_batch_bytes: int = 32 * 2**20  # CPU: slices of the batch where a temporary would exceed this; 0 = off
     pack_weights: bool = False  # Linear weights kept in oneDNN's blocked layout (a second copy of each weight)
     bf16_weights: bool = False  # weights and activations in bfloat16 (native bf16 CPUs, CUDA); float32 logits out
+    probe: bool = True  # oneDNN's fused linear only where it measures not slower than F.linear on this CPU
     lowp_linear: bool = True  # bf16 / fp16 matmuls (autocast, bf16_weights): Linear weights cast (CPU: packed) once
 
     def __post_init__(self) -> None:
@@ -88,6 +89,7 @@ class EngineSettings:
             "pack_weights",
             "bf16_weights",
             "lowp_linear",
+            "probe",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise VitkitError(f"optimize: {name} must be True or False, got {getattr(self, name)!r}")

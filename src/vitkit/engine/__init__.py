@@ -5,7 +5,9 @@ for speed lives here, chosen when a model is optimized, the way timm's ``reparam
 model for deployment. :func:`optimize` returns a copy (or, with ``inplace=True``, the model itself) whose modules are
 swapped for engine versions:
 
-* every block: linears fused with their bias, GELU and residual add in oneDNN's matmul (CPU float32);
+* every block: linears fused with their bias, GELU and residual add in oneDNN's matmul (CPU float32 and bf16),
+  where a quick probe on the model's MLP shape finds oneDNN not slower than plain ``F.linear`` on this CPU
+  (:mod:`vitkit.engine.probe`; the measurement is in the report);
 * ViT and CvT: multi-head attention in a native kernel where it beats SDPA;
 * Swin: the whole shifted-window attention in one native kernel (shift, partition and reverse as index
   arithmetic), or a PyTorch path without the partition copies; the relative-position bias and shift mask are built
@@ -39,8 +41,9 @@ import torch
 from torch import nn
 
 from vitkit.engine import cvt, swin, vit
-from vitkit.engine.linear import HAS_FUSED_LINEAR, CastOnceLinear, PackedLinear
+from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, CastOnceLinear, PackedLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
+from vitkit.engine.probe import LinearProbe, probe_linear
 from vitkit.errors import VitkitError
 from vitkit.kernels import unavailable_reason
 from vitkit.models.features import FeatureModel
@@ -85,13 +88,18 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     if not share_weights:
         model.requires_grad_(False)
     report = OptimizationReport(getattr(model, "model_name", None) or type(model).__name__, settings, Counter())
+    onednn = {torch.float32: settings.fused_linear, torch.bfloat16: settings.fused_linear}
+    if settings.fused_linear and settings.probe:
+        report.probes = _probe_linears(model, bf16=settings.lowp_linear)
+        onednn |= {getattr(torch, p.dtype): p.use_onednn for p in report.probes}
+    effective = dataclasses.replace(settings, fused_linear=onednn[torch.float32])  # what the blocks act on
     for module in list(model.modules()):
         swap = family.SWAPS.get(type(module))
         if swap is not None and (swap[2] is None or getattr(settings, swap[2])):
             engine_cls, what, _ = swap
             report.swaps[(type(module).__name__, f"{engine_cls.__module__}.{engine_cls.__name__}", what)] += 1
             module.__class__ = engine_cls
-            module.prepare(settings)
+            module.prepare(effective)
         elif settings.pack_weights and type(module) is nn.Linear and module.weight.device.type == "cpu":
             report.swaps[("Linear", "vitkit.engine.linear.PackedLinear", "weight pre-packed for oneDNN")] += 1
             PackedLinear.from_linear(module)
@@ -99,6 +107,7 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
             swap = ("Linear", "vitkit.engine.linear.CastOnceLinear", "bf16 / fp16 matmuls: weights cast once")
             report.swaps[swap] += 1
             module.__class__ = CastOnceLinear
+            module.onednn = onednn[torch.bfloat16]
     if settings.bf16_weights:  # after the swaps: folded BatchNorm and the other precomputed buffers are cast too
         tensors = sum(1 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
         model.to(torch.bfloat16)
@@ -112,6 +121,18 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     model.engine_settings = settings
     model.optimization = report
     return model
+
+
+def _probe_linears(model: nn.Module, bf16: bool) -> list[LinearProbe]:
+    """oneDNN against the plain ops on the model's first MLP input layer (most of the FLOPs are MLPs), on the CPU."""
+    layers = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.endswith("mlp.fc1")]
+    if not layers or layers[0].weight.device.type != "cpu" or not HAS_FUSED_LINEAR:
+        return []
+    fc, threads = layers[0], torch.get_num_threads()
+    probes = [probe_linear(torch.float32, fc.in_features, fc.out_features, threads)]
+    if bf16 and HAS_BF16_FUSED_LINEAR:
+        probes.append(probe_linear(torch.bfloat16, fc.in_features, fc.out_features, threads))
+    return probes
 
 
 __all__ = ["EngineSettings", "OptimizationReport", "is_optimized", "optimize"]

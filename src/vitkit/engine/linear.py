@@ -33,7 +33,7 @@ def linear(x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torc
             return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu" if gelu else "none", [], "none")
         if w is not None and not gelu:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
-    elif fused and type(layer) is CastOnceLinear and (dtype := layer.call_dtype(x)) is not None:
+    elif type(layer) is CastOnceLinear and (dtype := layer.call_dtype(x)) is not None:
         return layer.lowp(x, dtype, gelu=gelu, residual=residual)
     y = layer(x)  # also any replacement of nn.Linear (e.g. a dynamically quantised one)
     y = F.gelu(y) if gelu else y
@@ -77,6 +77,8 @@ class CastOnceLinear(nn.Linear):
     bf16 path that copy is in oneDNN's blocked layout and bias / GELU / a residual add run in the matmul's epilogue.
     Autocast's numbers, to the rounding of the epilogue: the same casts, made fewer times."""
 
+    onednn: bool = True  # may bf16 matmuls take oneDNN's path (set by optimize from fused_linear and the probe)
+
     def call_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The reduced precision this call's matmul runs in, or None for the plain layer."""
         if not inference_call():
@@ -97,7 +99,7 @@ class CastOnceLinear(nn.Linear):
             with torch.no_grad():
                 weight = w.detach().to(dtype)
                 bias = None if self.bias is None else self.bias.detach().to(dtype)
-                onednn = device.type == "cpu" and dtype == torch.bfloat16 and HAS_BF16_FUSED_LINEAR
+                onednn = self.onednn and device.type == "cpu" and dtype == torch.bfloat16 and HAS_BF16_FUSED_LINEAR
                 if onednn:
                     weight = torch.ops.mkldnn._reorder_linear_weight(weight)
             cached = self.__dict__["_prepared"] = (key, weight, bias, onednn)

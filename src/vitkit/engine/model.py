@@ -6,6 +6,7 @@ subclass of :class:`InferenceModel`, which refuses training and new weights and 
 swapped.
 """
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,11 +24,12 @@ class OptimizationReport:
     settings: EngineSettings
     swaps: Counter = field(default_factory=Counter)  # (reference class, engine class, what it does) -> modules
     kernels: dict[str, str] = field(default_factory=dict)  # kernel -> "ready" or why it is not used
+    probes: list = field(default_factory=list)  # vitkit.engine.probe.LinearProbe: what was measured, what it chose
 
     def lines(self) -> list[str]:
         out = [f"{n} x {ref} -> {new}: {what}" for (ref, new, what), n in self.swaps.items()]
         out += [f"native kernel {name}: {state}" for name, state in self.kernels.items()]
-        return out
+        return out + [p.line() for p in self.probes]
 
     def summary(self) -> str:
         return f"optimized {self.model}:\n" + "\n".join(f"  {line}" for line in self.lines())
@@ -37,6 +39,7 @@ class OptimizationReport:
             "model": self.model,
             "swaps": [{"from": r, "to": n, "what": w, "modules": c} for (r, n, w), c in self.swaps.items()],
             "kernels": dict(self.kernels),
+            "probes": [dataclasses.asdict(p) | {"use_onednn": p.use_onednn} for p in self.probes],
             "micro_batch_bytes": self.settings.micro_batch_bytes,
         }
 
