@@ -1,9 +1,11 @@
 """Scaled dot-product attention with an opt-in path that also returns the attention weights.
 
 SDPA (``F.scaled_dot_product_attention``) never materialises the (N x N) weights, so a module that has been asked to
-record them (``record_attention = True``) takes the explicit path for that call. Explain tools use
-:func:`record_attention` (maps and logits) or :func:`get_attention_maps` (maps only), which flip the flag on every
-attention module of a model, run one forward pass, and collect what each module stored.
+record them (``record_attention = True``) takes the explicit path for that call. So does a call whose additive bias
+needs a gradient (Swin's learned relative position bias, in training): SDPA's CPU kernel cannot give a mask a
+gradient, and its fallback computes bf16 inputs in float32, where the explicit path keeps autocast's bf16 matmuls.
+Explain tools use :func:`record_attention` (maps and logits) or :func:`get_attention_maps` (maps only), which flip the
+flag on every attention module of a model, run one forward pass, and collect what each module stored.
 """
 
 from dataclasses import dataclass, field
@@ -30,7 +32,8 @@ def attention(
     With ``need_weights`` the weights come back too, viewed as ``weights_shape`` if given (Swin: windows and heads
     apart). That view is what multiplies ``v``, so it lies on the path to the output and gradients reach it.
     """
-    if not need_weights:
+    learned_bias = attn_bias is not None and attn_bias.requires_grad and torch.is_grad_enabled()
+    if not need_weights and not learned_bias:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
         return out, None
     logits = (q * scale) @ k.transpose(-2, -1)  # (B, h, Nq, Nk)
@@ -41,7 +44,7 @@ def attention(
         weights = weights.view(weights_shape)
     used = weights.view(logits.shape)
     out = F.dropout(used, dropout_p) @ v if dropout_p > 0 else used @ v
-    return out, weights
+    return out, weights if need_weights else None
 
 
 @dataclass
