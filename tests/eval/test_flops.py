@@ -94,7 +94,7 @@ def test_an_optimized_model_counts_like_the_reference(family):
     name, overrides, size, _ = TINY[family]
     model = vitkit.create_model(name, img_size=size, **overrides)
     plain = count_flops(model)
-    fast = count_flops(optimize(model))
+    fast = count_flops(optimize(model, probe=False))  # oneDNN's path whatever a probe would measure
     assert fast["flops"] == plain["flops"] > 0
     if HAS_FUSED_LINEAR:
         assert any("linear_pointwise" in op for op in fast["by_op"])
