@@ -1,5 +1,8 @@
+import sys
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitkit.layers import attention
 
@@ -25,6 +28,41 @@ def test_sdpa_and_recording_paths_equal_the_reference(bias_shape, grad):
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 3, 49))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(recorded, ref, atol=1e-5, rtol=1e-5)
+
+
+def _path(q, k, v, bias=None, autocast=False) -> tuple[str, torch.Tensor]:
+    """Which path a call took ("sdpa" or "explicit") and the gradient of q."""
+    q = q.detach().requires_grad_(torch.is_grad_enabled())
+    calls, sdpa = [], F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda *a, **kw: calls.append(1) or sdpa(*a, **kw)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, _ = attention(q, k, v, scale=0.3, attn_bias=bias)
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    if not q.requires_grad:
+        return ("sdpa" if calls else "explicit"), None
+    out.float().square().sum().backward()
+    return ("sdpa" if calls else "explicit"), q.grad
+
+
+def test_training_takes_the_explicit_path_where_it_is_faster(monkeypatch):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 49, 8) for _ in range(3))
+    learned = torch.randn(1, 3, 49, 49, requires_grad=True)
+    fixed = learned.detach()
+    _, grad_ref = _path(q, k, v, fixed)  # float32 training: SDPA
+    assert _path(q, k, v, fixed)[0] == "sdpa"
+    path, grad = _path(q, k, v, learned)  # a learned bias (Swin): explicit, same gradient
+    assert path == "explicit"
+    torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-5)
+    path, grad = _path(q, k, v, fixed, autocast=True)  # CPU bf16 autocast: explicit
+    assert path == "explicit"
+    torch.testing.assert_close(grad, grad_ref, atol=0.05, rtol=0.05)
+    monkeypatch.setattr(sys.modules["vitkit.layers.attention"], "EXPLICIT_TRAINING_ELEMENTS", 2 * 3 * 49 * 49 - 1)
+    assert _path(q, k, v, fixed, autocast=True)[0] == "sdpa"  # too many weights to keep: SDPA's kernel
+    with torch.no_grad():
+        assert _path(q, k, v, learned, autocast=True)[0] == "sdpa"  # inference: SDPA
 
 
 def test_weights_viewed_as_another_shape_stay_on_the_gradient_path():

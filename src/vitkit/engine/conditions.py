@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from vitkit.utils.autocast import autocast_dtype
+
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
@@ -20,22 +22,7 @@ def is_tracing() -> bool:
 
 
 def autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast casts matmul inputs to on this device type, or None when autocast is off there."""
-    try:
-        if not torch.is_autocast_enabled(device_type):
-            return None
-        return torch.get_autocast_dtype(device_type)
-    except (TypeError, AttributeError):  # torch < 2.4: CPU autocast had its own functions
-        if device_type == "cpu" and torch.is_autocast_cpu_enabled():
-            return torch.get_autocast_cpu_dtype()
-        return None
+    return autocast_dtype("cpu") is not None
 
 
 def inference_call(attn: nn.Module | None = None) -> bool:

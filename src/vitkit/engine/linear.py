@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.engine.conditions import autocast_dtype, cpu_float32, inference_call
+from vitkit.engine.conditions import cpu_float32, inference_call
+from vitkit.utils.autocast import autocast_dtype
 
 HAS_FUSED_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 # oneDNN's bf16 matmuls need AVX-512 (or AMX) on x86; elsewhere the plain bf16 ops run

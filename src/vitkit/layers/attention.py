@@ -1,9 +1,8 @@
 """Scaled dot-product attention with an opt-in path that also returns the attention weights.
 
 SDPA (``F.scaled_dot_product_attention``) never materialises the (N x N) weights, so a module that has been asked to
-record them (``record_attention = True``) takes the explicit path for that call. So does a call whose additive bias
-needs a gradient (Swin's learned relative position bias, in training): SDPA's CPU kernel cannot give a mask a
-gradient, and its fallback computes bf16 inputs in float32, where the explicit path keeps autocast's bf16 matmuls.
+record them (``record_attention = True``) takes the explicit path for that call. So do training calls where it is
+faster (:func:`_explicit_for_training`): a learned additive bias (Swin), and CPU bf16 autocast at moderate sizes.
 Explain tools use :func:`record_attention` (maps and logits) or :func:`get_attention_maps` (maps only), which flip the
 flag on every attention module of a model, run one forward pass, and collect what each module stored.
 """
@@ -14,6 +13,27 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vitkit.utils.autocast import autocast_dtype
+
+# CPU training under bf16 autocast: the explicit path up to this many weights per call (B x heads x Nq x Nk), about
+# 270 MB kept for the backward pass; beyond it SDPA's kernel, which keeps none (benchmarks/README.md, "Attention")
+EXPLICIT_TRAINING_ELEMENTS = 2**25
+
+
+def _explicit_for_training(q: torch.Tensor, k: torch.Tensor, attn_bias: torch.Tensor | None) -> bool:
+    """Does this training call run faster on the explicit path than through SDPA?
+
+    A learned bias (Swin's relative position bias): SDPA's CPU kernel cannot give a mask a gradient, and its fallback
+    computes bf16 inputs in float32. CPU bf16 autocast: the flash kernel's backward is slower than autocast's bf16
+    matmuls on the CPUs measured, while the weights it would save stay small.
+    """
+    if not torch.is_grad_enabled():
+        return False
+    if attn_bias is not None and attn_bias.requires_grad:
+        return True
+    cpu_bf16 = q.device.type == "cpu" and autocast_dtype("cpu") == torch.bfloat16
+    return cpu_bf16 and q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] <= EXPLICIT_TRAINING_ELEMENTS
 
 
 def attention(
@@ -32,8 +52,7 @@ def attention(
     With ``need_weights`` the weights come back too, viewed as ``weights_shape`` if given (Swin: windows and heads
     apart). That view is what multiplies ``v``, so it lies on the path to the output and gradients reach it.
     """
-    learned_bias = attn_bias is not None and attn_bias.requires_grad and torch.is_grad_enabled()
-    if not need_weights and not learned_bias:
+    if not need_weights and not _explicit_for_training(q, k, attn_bias):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
         return out, None
     logits = (q * scale) @ k.transpose(-2, -1)  # (B, h, Nq, Nk)
