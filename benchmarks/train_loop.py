@@ -350,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if a.out:
         slug = cpu_name().lower().replace(" ", "-").replace("(r)", "")[:40]
-        stem = Path(a.out) / f"{a.case}_{case['model']}_{a.amp}_{slug}_t{result['threads']}_{result['created'][:10]}"
+        malloc = "" if a.plain_malloc == "default" else f"_plain-malloc-{a.plain_malloc}"
+        stem = f"{a.case}_{case['model']}_{a.amp}{malloc}_{slug}_t{result['threads']}_{result['created'][:10]}"
+        stem = Path(a.out) / stem
         atomic_write_json(stem.with_suffix(".json"), result)
         atomic_write_text(stem.with_suffix(".md"), text)
         print(f"wrote {stem}.json / .md")
