@@ -3,8 +3,8 @@ matmul without the epilogue), measured, not assumed.
 
 Which one wins depends on the CPU (vector width, AMX, the BLAS PyTorch was built with) and the dtype, so
 :func:`vitkit.optimize` times both on the model's own MLP shape once per process and takes oneDNN's epilogues only
-where they are not slower. A probe is a few milliseconds of matmuls; its result is kept for the process and recorded in
-the optimization report.
+where they are not slower. A probe is a short run of both on one shape; its result is kept for the process and
+recorded in the optimization report.
 """
 
 import dataclasses
