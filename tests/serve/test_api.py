@@ -226,6 +226,19 @@ def test_explain_overlay_where_vitkit_explanations_exists(client):
     assert Image.open(io.BytesIO(r.content)).size == (40, 30)
 
 
+def test_the_server_defaults_to_the_library_s_explanation_method():
+    pytest.importorskip("vitkit.explanations")
+    from vitkit.explanations import DEFAULT_METHOD
+    from vitkit.serve import explain
+    from vitkit.serve.openapi import openapi_document
+
+    assert explain.DEFAULT_METHOD == DEFAULT_METHOD
+    params = openapi_document({"name": "m", "family": "vit", "num_classes": 2})["paths"]["/v1/explain"]["post"][
+        "parameters"
+    ]
+    assert next(p for p in params if p["name"] == "method")["schema"]["default"] == DEFAULT_METHOD
+
+
 def test_overlay_png_keeps_the_image_size():
     from PIL import Image
 

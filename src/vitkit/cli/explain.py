@@ -24,15 +24,15 @@ from vitkit.errors import VitkitError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from vitkit.explanations import METHODS
+    from vitkit.explanations import DEFAULT_METHOD, METHODS
 
     p.add_argument("source", help="a training output_dir, a checkpoint directory, hf-hub:org/name or a model name")
     p.add_argument("inputs", nargs="*", help="image files, folders (searched recursively) or glob patterns")
     methods = "; ".join(f"{k}: {v}" for k, v in METHODS.items())
     p.add_argument(
         "--method",
-        default="integrated-gradients",
-        help=f"one method, several separated by commas, or 'all' (default: integrated-gradients, the most faithful "
+        default=DEFAULT_METHOD,
+        help=f"one method, several separated by commas, or 'all' (default: {DEFAULT_METHOD}, the most faithful "
         f"in every family). {methods}",
     )
     p.add_argument(

@@ -8,6 +8,7 @@ family, their faithfulness measured, and figures of the study note's mechanisms.
 
 from vitkit.explanations.core import (
     CLASS_SPECIFIC,
+    DEFAULT_METHOD,
     METHODS,
     Explanation,
     check_model,
@@ -20,6 +21,7 @@ from vitkit.explanations.core import (
 
 __all__ = [
     "CLASS_SPECIFIC",
+    "DEFAULT_METHOD",
     "METHODS",
     "Explanation",
     "check_model",

@@ -42,6 +42,7 @@ METHODS = {
     "from a grey image to the input, times the input",
 }
 CLASS_SPECIFIC = ("grad-rollout", "gradcam", "integrated-gradients")
+DEFAULT_METHOD = "integrated-gradients"  # the most faithful map in every family (benchmarks/README.md)
 FAMILIES = ("vit", "swin", "cvt")
 
 ImageLike = str | os.PathLike | Image.Image | torch.Tensor
@@ -261,7 +262,7 @@ def normalise(relevance: torch.Tensor) -> torch.Tensor:
 def explain(
     model: torch.nn.Module,
     images: ImageLike | Sequence[ImageLike],
-    method: str = "integrated-gradients",
+    method: str = DEFAULT_METHOD,
     target: int | str | Sequence[int | str] | None = None,
     *,
     batch_size: int = 16,

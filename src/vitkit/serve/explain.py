@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_METHOD = "integrated-gradients"  # the most faithful map in every family (benchmarks/README.md)
+DEFAULT_METHOD = "integrated-gradients"  # = vitkit.explanations.DEFAULT_METHOD, which is not imported until used
 # a dark-to-bright ramp (black, purple, red, orange, pale yellow): relevance 0 -> 1
 _RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
 ALPHA = 0.55  # how much of the colour covers the image where relevance is 1

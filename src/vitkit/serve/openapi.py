@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from vitkit.serve.explain import DEFAULT_METHOD
 from vitkit.version import __version__
 
 
@@ -127,7 +128,7 @@ def openapi_document(model: dict[str, Any]) -> dict[str, Any]:
                         {
                             "name": "method",
                             "in": "query",
-                            "schema": {"type": "string", "default": "integrated-gradients"},
+                            "schema": {"type": "string", "default": DEFAULT_METHOD},
                         },
                         {
                             "name": "target",
