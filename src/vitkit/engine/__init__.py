@@ -88,11 +88,11 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     if not share_weights:
         model.requires_grad_(False)
     report = OptimizationReport(getattr(model, "model_name", None) or type(model).__name__, settings, Counter())
-    onednn = {torch.float32: settings.fused_linear, torch.bfloat16: settings.fused_linear}
+    onednn = {"float32": settings.fused_linear, "bfloat16": settings.fused_linear}  # may this dtype use oneDNN
     if settings.fused_linear and settings.probe:
         report.probes = _probe_linears(model, bf16=settings.lowp_linear)
-        onednn |= {getattr(torch, p.dtype): p.use_onednn for p in report.probes}
-    effective = dataclasses.replace(settings, fused_linear=onednn[torch.float32])  # what the blocks act on
+        onednn |= {p.dtype: p.use_onednn for p in report.probes}
+    effective = dataclasses.replace(settings, fused_linear=onednn["float32"])  # what the blocks act on
     for module in list(model.modules()):
         swap = family.SWAPS.get(type(module))
         if swap is not None and (swap[2] is None or getattr(settings, swap[2])):
@@ -107,7 +107,7 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
             swap = ("Linear", "vitkit.engine.linear.CastOnceLinear", "bf16 / fp16 matmuls: weights cast once")
             report.swaps[swap] += 1
             module.__class__ = CastOnceLinear
-            module.onednn = onednn[torch.bfloat16]
+            module.onednn = onednn["bfloat16"]
     if settings.bf16_weights:  # after the swaps: folded BatchNorm and the other precomputed buffers are cast too
         tensors = sum(1 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
         model.to(torch.bfloat16)

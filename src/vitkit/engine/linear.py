@@ -82,14 +82,12 @@ class CastOnceLinear(nn.Linear):
 
     def call_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The reduced precision this call's matmul runs in, or None for the plain layer."""
-        if not inference_call():
-            return None
         dtype = autocast_dtype(x.device.type)
-        if dtype is not None and dtype != torch.float32:
-            return dtype
         if dtype is None and x.dtype == self.weight.dtype and x.dtype in (torch.bfloat16, torch.float16):
-            return x.dtype  # a model cast to bf16 (bf16_weights): only the oneDNN layout to gain
-        return None
+            dtype = x.dtype  # a model cast to bf16 (bf16_weights): only the oneDNN layout to gain
+        if dtype is None or dtype == torch.float32 or not inference_call():  # cheap checks first: a hot path
+            return None
+        return dtype
 
     def prepared(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
         """(weight, bias, in oneDNN's layout) for matmuls in ``dtype`` on ``device``."""
