@@ -62,6 +62,21 @@ def test_matches_the_reference(B, H, W, heads, hd, window, shift, threads):
     torch.testing.assert_close(out.double(), reference(qkv, bias, heads, window, shift, hd**-0.5), atol=2e-5, rtol=1e-5)
 
 
+def test_denormals_flushed_inside_the_kernel_only():
+    """Masked scores (-100) weigh exactly 0, not a denormal that slows every product; on its way out the kernel
+    gives the calling thread its floating-point mode back (denormals still work there)."""
+    qkv = torch.randn(1, 14, 14, 3 * 32) * 0.01  # tiny values: weight x value would land below float32's normals
+    bias = padded_bias(1, 7, windows=4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernel runs on this thread
+    try:
+        out = native.window_attention(qkv, bias, 1, 7, 3, 32**-0.5)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out.double(), reference(qkv, bias, 1, 7, 3, 32**-0.5), atol=1e-7, rtol=1e-5)
+    assert (torch.tensor([1e-40]) * 1.5).item() > 0  # not flushed here
+
+
 def test_large_logits_stay_finite_and_exact():
     qkv = torch.randn(1, 7, 7, 3 * 32) * 30  # logits in the thousands: the max subtraction must hold
     bias = padded_bias(1, 7, magnitude=50.0)

@@ -24,19 +24,26 @@ static inline v16 vmax(v16 a, v16 b) {
   v16i gt = a > b;
   return (v16)(((v16i)a & gt) | ((v16i)b & ~gt));
 }
+/* horizontal max / sum as a tree of 4 shuffles (a loop over the 16 lanes is a 15-long chain of scalar ops) */
+#define HALVES(a, op)                                                                               \
+  a = op(a, SHUFFLE(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));                  \
+  a = op(a, SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));                  \
+  a = op(a, SHUFFLE(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));                  \
+  a = op(a, SHUFFLE(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+static inline v16 vadd(v16 a, v16 b) { return a + b; }
 static inline float hmax(v16 a) {
-  float m = a[0];
-  for (int l = 1; l < 16; l++) m = a[l] > m ? a[l] : m;
-  return m;
+  HALVES(a, vmax)
+  return a[0];
 }
 static inline float hsum(v16 a) {
-  float s = 0.f;
-  for (int l = 0; l < 16; l++) s += a[l];
-  return s;
+  HALVES(a, vadd)
+  return a[0];
 }
 
-/* e^x for x <= 0 (softmax after the max is subtracted); relative error < 2e-7, inputs below -87 give e^-87 */
+/* e^x for x <= 0 (softmax after the max is subtracted); relative error < 2e-7, exactly 0 below -87 (where e^x
+ * leaves float32's normal range; a masked score, e.g. Swin's -100, must not turn into a denormal weight) */
 static inline v16 vexp(v16 x) {
+  v16i normal = x >= -87.f;
   x = vmax(x, (v16){} - 87.f);
   v16 fn = (x * 1.44269504f + 12582912.f) - 12582912.f; /* round to nearest: x / ln 2 */
   v16 r = x - fn * 0.693145752f - fn * 1.42860677e-06f; /* x - fn ln 2, in two parts */
@@ -46,8 +53,34 @@ static inline v16 vexp(v16 x) {
   y = y * r + 1.66666657e-1f;
   y = y * r + 5.0e-1f;
   y = y * r * r + r + 1.f;
-  return y * (v16)((__builtin_convertvector(fn, v16i) + 127) << 23); /* times 2^fn */
+  y = y * (v16)((__builtin_convertvector(fn, v16i) + 127) << 23); /* times 2^fn */
+  return (v16)((v16i)y & normal);
 }
+
+/* Denormal floats as zero while a kernel runs on a thread (x86: MXCSR's FTZ and DAZ bits; AArch64: FPCR.FZ). A
+ * product of a tiny softmax weight and a value lands in the denormal range, and every such operation then takes a
+ * microcode assist on x86, many times slower; what is flushed is below 1.2e-38, far under float32 rounding of the
+ * results. The caller's setting is restored afterwards (PyTorch's own threads run these kernels). */
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+static inline unsigned long flush_denormals(void) {
+  unsigned long old = _mm_getcsr();
+  _mm_setcsr((unsigned)old | 0x8040u);
+  return old;
+}
+static inline void restore_denormals(unsigned long old) { _mm_setcsr((unsigned)old); }
+#elif defined(__aarch64__)
+static inline unsigned long flush_denormals(void) {
+  unsigned long old;
+  __asm__ volatile("mrs %0, fpcr" : "=r"(old));
+  __asm__ volatile("msr fpcr, %0" : : "r"(old | (1ul << 24)));
+  return old;
+}
+static inline void restore_denormals(unsigned long old) { __asm__ volatile("msr fpcr, %0" : : "r"(old)); }
+#else
+static inline unsigned long flush_denormals(void) { return 0; }
+static inline void restore_denormals(unsigned long old) { (void)old; }
+#endif
 
 /* 16 x 16 transpose of r[0..15]: each stage swaps one bit of the index between rows and columns */
 #define SWAP_BIT(s, LO, HI)         \
@@ -88,12 +121,14 @@ static int run_parallel(int tasks, int nthreads, size_t scratch_floats, task_fn 
   int failed = 0;
 #pragma omp parallel num_threads(nthreads < 1 ? 1 : nthreads) reduction(| : failed)
   {
+    const unsigned long fp = flush_denormals();
     float *buf = new_scratch(scratch_floats);
     failed = buf == NULL;
 #pragma omp for schedule(static)
     for (int t = 0; t < tasks; t++)
       if (buf) fn(ctx, t, buf);
     free(buf);
+    restore_denormals(fp);
   }
   return failed ? 2 : 0;
 }
@@ -107,11 +142,13 @@ typedef struct {
 
 static void *run_share(void *arg) {
   share_t *s = (share_t *)arg;
+  const unsigned long fp = flush_denormals();
   float *buf = new_scratch(s->scratch_floats);
   if (!buf) s->failed = 1;
   else
     for (int t = s->start; t < s->end; t++) s->fn(s->ctx, t, buf);
   free(buf);
+  restore_denormals(fp);
   return NULL;
 }
 

@@ -1,10 +1,10 @@
-/* Swin's window attention for CPU float32 inference, fused: gather -> Q K^T + bias -> softmax -> P V -> scatter.
+/* Swin's window attention for CPU float32 inference, fused: Q K^T + bias -> softmax -> P V, read and written in place.
  *
  * Why a kernel: on 7 x 7 windows every matmul is 49 x 49 x 32. PyTorch runs them through SDPA far below the matmul
  * rate (call overhead per window and head dominates), and a Swin block also pays two copies of the token map (window
- * partition / reverse, plus the cyclic shift). Here the shift and the partition are index arithmetic, each
- * window's q, k, v are read once from the qkv linear's output, the scores stay in L1, and the result is written
- * where the token sits in the (unshifted) map.
+ * partition / reverse, plus the cyclic shift). Here the shift and the partition are index arithmetic: each
+ * window's q, k, v are read where the qkv linear wrote them (K through a transpose into L1), the scores stay in L1,
+ * and the result is written where the token sits in the (unshifted) map.
  *
  * Layouts (row-major, float32):
  *   qkv  (B, H, W, 3C): per token [q | k | v], each heads x hd
@@ -24,106 +24,97 @@ typedef struct {
   float *out;
   long bias_window_stride; /* floats between two windows' biases; 0: one bias for every window */
   int H, W, C, heads, ws, shift, hd, np;
-  int group;    /* heads whose q, k, v are gathered together (kept in L2) */
-  long mstride; /* floats between two per-head matrices in the scratch buffer */
   float scale;
 } job_t;
 
-/* one window, all heads; scratch: group x (q, k, v) of np x hd, kT (hd x np), s (np x np), n row indices */
+/* s[r][j0 + c] = scale q_r . kT[:, j0 + c] + bias_r[j0 + c] for 4 rows and NB x 16 columns; inlined with NB a
+ * constant, so the 4 x NB accumulators stay in registers */
+static inline __attribute__((always_inline)) void scores(const float *const *qr, const float *const *br,
+                                                        const float *kT, float *s, int j0, int hd, int np,
+                                                        float scale, const int NB) {
+  v16 a[4][4] = {{{0}}};
+  for (int d = 0; d < hd; d++) {
+    v16 k[4];
+    for (int c = 0; c < NB; c++) k[c] = ld(kT + d * np + j0 + 16 * c);
+    for (int r = 0; r < 4; r++)
+      for (int c = 0; c < NB; c++) a[r][c] += qr[r][d] * k[c];
+  }
+  for (int r = 0; r < 4; r++)
+    for (int c = 0; c < NB; c++) st(s + r * np + j0 + 16 * c, a[r][c] * scale + ld(br[r] + j0 + 16 * c));
+}
+
+/* out[r] = (p_r . V) * p_r[np - 1] (1 / the row sum) over 16 NB channels, for 8 rows of P (rows < live written);
+ * V row j at v + off[j], out row r at out + out_off[r] / 3 (token offsets in qkv); 8 x NB accumulators */
+static inline __attribute__((always_inline)) void weighted_sum(const float *p, const float *v, const long *off,
+                                                              const long *out_off, int live, int n, int np,
+                                                              float *out, const int NB) {
+  v16 a[8][2] = {{{0}}};
+  for (int j = 0; j < n; j++) {
+    v16 x[2];
+    for (int c = 0; c < NB; c++) x[c] = ld(v + off[j] + 16 * c);
+    for (int r = 0; r < 8; r++)
+      for (int c = 0; c < NB; c++) a[r][c] += p[r * np + j] * x[c];
+  }
+  for (int r = 0; r < 8 && r < live; r++)
+    for (int c = 0; c < NB; c++) st(out + out_off[r] / 3 + 16 * c, a[r][c] * p[r * np + np - 1]);
+}
+
+/* one window, all heads; scratch: kT (hd x np), S (np x np), the n tokens' offsets in qkv */
 static void run_window(const void *ctx, int task, float *buf) {
   const job_t *J = (const job_t *)ctx;
-  const int ws = J->ws, n = ws * ws, np = J->np, hd = J->hd, C = J->C, H = J->H, W = J->W, heads = J->heads;
+  const int ws = J->ws, n = ws * ws, np = J->np, hd = J->hd, C = J->C, H = J->H, W = J->W;
   const int nh = H / ws, nw = W / ws;
   const int b = task / (nh * nw), wi = (task / nw) % nh, wj = task % nw;
-  const long ms = J->mstride;
-  float *kT = buf + (size_t)J->group * ms * 3, *s = kT + (size_t)hd * np;
-  int *rows = (int *)(s + (size_t)np * np);
-  for (int t = 0; t < n; t++) { /* token t of the rolled window -> its row in the map */
+  const int nr = (n + 7) / 8 * 8; /* rows computed: whole blocks of 8 (np >= nr: np is a multiple of 16 above n) */
+  float *kT = buf, *s = kT + (size_t)hd * np;
+  long *off = (long *)(s + (size_t)np * np);
+  for (int t = 0; t < n; t++) { /* token t of the rolled window -> its offset in qkv (3C floats per token) */
     int y = (wi * ws + t / ws + J->shift) % H, x = (wj * ws + t % ws + J->shift) % W;
-    rows[t] = (b * H + y) * W + x;
+    off[t] = ((long)(b * H + y) * W + x) * 3 * C;
   }
   const float *bias_w = J->bias + J->bias_window_stride * (wi * nw + wj);
-  for (int h0 = 0; h0 < heads; h0 += J->group) {
-    const int g = heads - h0 < J->group ? heads - h0 : J->group;
-    for (int t = 0; t < n; t++) { /* one pass over each token's q | k | v for this group of heads */
-      const float *src = J->qkv + (size_t)rows[t] * 3 * C + (size_t)h0 * hd;
-      for (int h = 0; h < g; h++) {
-        float *q = buf + h * ms * 3, *k = q + ms, *v = k + ms;
-        for (int d = 0; d < hd; d += 16) {
-          st(q + t * hd + d, ld(src + h * hd + d));
-          st(k + t * hd + d, ld(src + C + h * hd + d));
-          st(v + t * hd + d, ld(src + 2 * C + h * hd + d));
-        }
+  for (int h = 0; h < J->heads; h++) {
+    const float *q = J->qkv + (size_t)h * hd, *k = q + C, *v = q + 2 * C; /* token t's: + off[t] */
+    const float *bias = bias_w + (size_t)h * n * np;
+    for (int t0 = 0; t0 < np; t0 += 16) /* K (n x hd) -> kT (hd x np); columns >= n zero */
+      for (int d0 = 0; d0 < hd; d0 += 16) {
+        v16 r[16];
+        for (int i = 0; i < 16; i++) r[i] = t0 + i < n ? ld(k + off[t0 + i] + d0) : (v16){};
+        transpose16(r);
+        for (int i = 0; i < 16; i++) st(kT + (d0 + i) * np + t0, r[i]);
       }
+    /* S = scale Q K^T + bias: 4 rows x 64 columns at a time */
+    for (int i0 = 0; i0 < nr; i0 += 4) {
+      const float *qr[4], *br[4];
+      for (int r = 0; r < 4; r++) {
+        const int i = i0 + r < n ? i0 + r : n - 1; /* past n: repeat the last row (never written out) */
+        qr[r] = q + off[i], br[r] = bias + i * np;
+      }
+      int j0 = 0;
+      for (; j0 + 64 <= np; j0 += 64) scores(qr, br, kT, s + i0 * np, j0, hd, np, J->scale, 4);
+      for (; j0 < np; j0 += 16) scores(qr, br, kT, s + i0 * np, j0, hd, np, J->scale, 1);
     }
-    for (int hg = 0; hg < g; hg++) {
-      const float *q = buf + hg * ms * 3, *k = q + ms, *v = k + ms;
-      const float *bias = bias_w + (size_t)(h0 + hg) * n * np;
-      for (int t0 = 0; t0 < np; t0 += 16) /* k (np x hd) -> kT (hd x np); rows >= n are zero */
-        for (int d0 = 0; d0 < hd; d0 += 16) {
-          v16 r[16];
-          for (int i = 0; i < 16; i++) r[i] = ld(k + (t0 + i) * hd + d0);
-          transpose16(r);
-          for (int i = 0; i < 16; i++) st(kT + (d0 + i) * np + t0, r[i]);
-        }
-      /* S = scale Q K^T + bias, row max, exp, 1 / row sum (kept in the spare column np - 1); 4 rows at a time */
-      for (int i0 = 0; i0 < n; i0 += 4) {
-        int ii[4];
-        for (int r = 0; r < 4; r++) ii[r] = i0 + r < n ? i0 + r : n - 1; /* past n: repeat the last row */
-        const float *q0 = q + ii[0] * hd, *q1 = q + ii[1] * hd, *q2 = q + ii[2] * hd, *q3 = q + ii[3] * hd;
-        v16 m[4];
-        for (int j0 = 0; j0 < np; j0 += 16) {
-          v16 a[4] = {{0}, {0}, {0}, {0}};
-          for (int d = 0; d < hd; d++) {
-            v16 kv = ld(kT + d * np + j0);
-            a[0] += q0[d] * kv;
-            a[1] += q1[d] * kv;
-            a[2] += q2[d] * kv;
-            a[3] += q3[d] * kv;
-          }
-          for (int r = 0; r < 4; r++) {
-            v16 z = a[r] * J->scale + ld(bias + ii[r] * np + j0);
-            st(s + (i0 + r) * np + j0, z);
-            m[r] = j0 ? vmax(m[r], z) : z;
-          }
-        }
-        for (int r = 0; r < 4; r++) {
-          float mx = m[r][0];
-          for (int l = 1; l < 16; l++) mx = m[r][l] > mx ? m[r][l] : mx;
-          float *si = s + (i0 + r) * np;
-          v16 sum = {0};
-          for (int j0 = 0; j0 < np; j0 += 16) {
-            v16 e = vexp(ld(si + j0) - mx);
-            st(si + j0, e);
-            sum += e;
-          }
-          float total = 0.f;
-          for (int l = 0; l < 16; l++) total += sum[l];
-          si[np - 1] = 1.f / total;
-        }
+    /* softmax per row; 1 / row sum kept in the spare column np - 1 (columns >= n are -inf: weight 0) */
+    for (int i = 0; i < nr; i++) {
+      float *si = s + i * np;
+      v16 m = ld(si);
+      for (int j0 = 16; j0 < np; j0 += 16) m = vmax(m, ld(si + j0));
+      const float mx = hmax(m);
+      v16 sum = {0};
+      for (int j0 = 0; j0 < np; j0 += 16) {
+        v16 e = vexp(ld(si + j0) - mx);
+        st(si + j0, e);
+        sum += e;
       }
-      /* O = P V / sum, 4 rows x 32 channels at a time */
-      for (int i0 = 0; i0 < n; i0 += 4) {
-        const float *p = s + i0 * np;
-        for (int d0 = 0; d0 < hd; d0 += 32) {
-          const int two = d0 + 16 < hd;
-          v16 a0[4] = {{0}, {0}, {0}, {0}}, a1[4] = {{0}, {0}, {0}, {0}};
-          for (int j = 0; j < n; j++) {
-            v16 x0 = ld(v + j * hd + d0), x1 = two ? ld(v + j * hd + d0 + 16) : x0;
-            for (int r = 0; r < 4; r++) {
-              a0[r] += p[r * np + j] * x0;
-              a1[r] += p[r * np + j] * x1;
-            }
-          }
-          for (int r = 0; r < 4 && i0 + r < n; r++) {
-            float inv = p[r * np + np - 1];
-            float *o = J->out + (size_t)rows[i0 + r] * C + (size_t)(h0 + hg) * hd + d0;
-            st(o, a0[r] * inv);
-            if (two) st(o + 16, a1[r] * inv);
-          }
-        }
-      }
+      si[np - 1] = 1.f / hsum(sum);
     }
+    /* O = P V / sum: 8 rows x 32 channels at a time, each row written at its token's place in the map */
+    float *out = J->out + (size_t)h * hd;
+    for (int i0 = 0; i0 < nr; i0 += 8)
+      for (int d0 = 0; d0 < hd; d0 += 32) {
+        if (hd - d0 >= 32) weighted_sum(s + i0 * np, v + d0, off, off + i0, n - i0, n, np, out + d0, 2);
+        else weighted_sum(s + i0 * np, v + d0, off, off + i0, n - i0, n, np, out + d0, 1);
+      }
   }
 }
 
@@ -134,11 +125,7 @@ int vk_window_attention(const float *qkv, float *out, const float *bias, int per
   if (heads <= 0 || C % heads || ws <= 0 || H % ws || W % ws) return 1;
   const int hd = C / heads, n = ws * ws, np = n / 16 * 16 + 16;
   if (hd % 16 || n > 1024) return 1;
-  const long mstride = (long)np * hd + 48; /* off a multiple of 4 KiB: q, k, v of a group share no L1 sets */
-  int group = (int)((96 * 1024) / (mstride * 3 * 4));
-  group = group < 1 ? 1 : group > heads ? heads : group;
-  const job_t job = {qkv, bias, out, per_window ? (long)heads * n * np : 0, H, W, C, heads, ws, shift, hd, np,
-                     group, mstride, scale};
-  const size_t scratch = (size_t)mstride * 3 * group + (size_t)hd * np + (size_t)np * np + n;
+  const job_t job = {qkv, bias, out, per_window ? (long)heads * n * np : 0, H, W, C, heads, ws, shift, hd, np, scale};
+  const size_t scratch = (size_t)hd * np + (size_t)np * np + 2 * (size_t)n; /* the offsets: n longs */
   return run_parallel(B * (H / ws) * (W / ws), nthreads, scratch, run_window, &job);
 }
