@@ -4,7 +4,7 @@ A small ViT is trained for a few epochs on a few thousand Fashion-MNIST images w
 training engine lives elsewhere; this only needs a model whose predictions mean something), then the full 10k test
 set is evaluated in every mode: the reference model in fp32 (the baseline), ``vitkit.optimize`` (fp32, bf16
 autocast, and the whole model in bf16: ``bf16_weights``), torch.compile, ONNX Runtime (fp32, and int8 from its
-quantiser), PyTorch's dynamic int8 and pre-packed weights. Per mode: accuracy, its delta to fp32, how many
+quantiser) and PyTorch's dynamic int8. Per mode: accuracy, its delta to fp32, how many
 predictions change, the largest logit difference, evaluation images/s (median of repeats, modes alternating) and
 setup time (export / quantise / compile).
 
@@ -42,7 +42,6 @@ SPECS = {  # row name: (vitkit mode, dtype); "fp32" is the reference model, the 
     "onnx": ("onnx", "fp32"),
     "onnx-int8": ("onnx-int8", "fp32"),
     "int8": ("int8", "fp32"),
-    "packed": ("packed", "fp32"),
 }
 
 

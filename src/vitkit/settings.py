@@ -75,7 +75,7 @@ class EngineSettings:
     fold_batchnorm: bool = True  # CvT: each projection's BatchNorm folded into its depthwise conv
     precompute_bias: bool = True  # Swin: relative-position bias + shift mask built once per resolution
     micro_batch_bytes: int = 32 * 2**20  # CPU: slices of the batch where a temporary would exceed this; 0 = off
-    pack_weights: bool = False  # Linear weights kept in oneDNN's blocked layout (a second copy of each weight)
+    pack_weights: bool = True  # CPU float32 Linear weights in oneDNN's blocked layout instead of the plain one
     bf16_weights: bool = False  # weights and activations in bfloat16 (native bf16 CPUs, CUDA); float32 logits out
     probe: bool = True  # oneDNN's fused linear only where it measures not slower than F.linear on this CPU
     lowp_linear: bool = True  # bf16 / fp16 matmuls (autocast, bf16_weights): Linear weights cast (CPU: packed) once

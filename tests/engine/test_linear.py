@@ -2,11 +2,14 @@
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, CastOnceLinear, PackedLinear, linear, mlp
+from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear, linear, mlp
 from vitkit.layers import Mlp
+
+BF16 = {"atol": 0.02, "rtol": 0.02}  # bf16 rounding of a sum of 8 products, summed in another order
 
 
 def test_linear_helper_equals_the_plain_ops_and_falls_back_for_other_modules():
@@ -42,26 +45,37 @@ def test_mlp_with_residual():
         torch.testing.assert_close(mlp(block, x, residual=res, fused=False), ref)
 
 
-def test_packed_linear_equals_the_plain_one_and_keeps_its_state_dict():
-    layer = torch.nn.Linear(8, 4)
+@pytest.mark.skipif(not HAS_FUSED_LINEAR, reason="PyTorch without oneDNN")
+def test_packed_linear_equals_the_plain_one_and_gives_its_weight_back():
+    layer = torch.nn.Linear(8, 4).requires_grad_(False)
     ref_state = {k: v.clone() for k, v in layer.state_dict().items()}
-    x = torch.randn(3, 8)
+    x, res = torch.randn(3, 8), torch.randn(3, 4)
     with torch.no_grad():
         ref = layer(x)
-        packed = PackedLinear.from_linear(layer)
-        torch.testing.assert_close(packed(x), ref)
-        torch.testing.assert_close(linear(x, packed, residual=ref), 2 * ref)
-    torch.testing.assert_close(packed(x), ref)  # autograd on: the plain weight
-    assert packed.state_dict().keys() == ref_state.keys()
-
-
-BF16 = {"atol": 0.02, "rtol": 0.02}  # bf16 rounding of a sum of 8 products, summed in another order
+    layer.__class__ = EngineLinear
+    layer.pack()
+    assert "weight" not in dict(layer.named_parameters())  # one copy of the weight: oneDNN's
+    assert torch.equal(layer.weight, ref_state["weight"])  # read back exactly
+    state = layer.state_dict()
+    assert list(state) == ["weight", "bias"] and all(torch.equal(state[k], ref_state[k]) for k in state)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref)
+        torch.testing.assert_close(linear(x, layer, residual=res), res + ref)
+        torch.testing.assert_close(linear(x, layer, gelu=True, fused=False), F.gelu(ref))  # packed: oneDNN anyway
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(layer(x).float(), ref, **BF16)
+    x.requires_grad_()
+    layer(x).sum().backward()  # autograd: the plain weight, read back
+    torch.testing.assert_close(x.grad, ref_state["weight"].sum(0).expand(3, 8))
+    layer.to(torch.float64)  # moved: unpacked
+    assert layer.packed is None and layer.weight.dtype == torch.float64
+    assert "weight" in dict(layer.named_parameters())
 
 
 def test_cast_once_linear_gives_autocasts_numbers_and_casts_again_when_the_weights_change():
     layer = torch.nn.Linear(8, 4)
     fast = copy.deepcopy(layer)
-    fast.__class__ = CastOnceLinear
+    fast.__class__ = EngineLinear
     x, res = torch.randn(3, 8), torch.randn(3, 4)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         ref = layer(x)

@@ -2,6 +2,7 @@
 native size, at a size that needs padding, batch 1 and batch > 1; and an optimized model stays inference-only."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from tests.conftest import randomize_
 from tests.tiny import tiny_overrides
 from vitkit import kernels
 from vitkit.engine import is_optimized, optimize
+from vitkit.engine.linear import HAS_FUSED_LINEAR, EngineLinear
 from vitkit.errors import VitkitError
 from vitkit.models.registry import get_entry
 
@@ -110,7 +112,7 @@ def test_switches_each_give_the_same_logits(name):
             dict(fused_linear=False),
             dict(fold_batchnorm=False, precompute_bias=False),
             dict(micro_batch_bytes=1),
-            dict(pack_weights=True),
+            dict(pack_weights=False),
         ):
             torch.testing.assert_close(optimize(model, **switches)(x), ref, atol=1e-5, rtol=1e-5, msg=str(switches))
 
@@ -125,10 +127,10 @@ def test_autocast_and_other_dtypes_take_the_reference_math():
         ref = model(x)
     assert out.dtype == torch.bfloat16 and kernels.call_counts() == {}
     torch.testing.assert_close(out.float(), ref.float(), atol=0.1, rtol=0.05)
-    assert any("CastOnceLinear" in line for line in fast.optimization.lines())
+    assert any("cast once" in line for line in fast.optimization.lines())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # weights cast at every call instead
         plain = optimize(model, lowp_linear=False)
-        assert not any("CastOnceLinear" in line for line in plain.optimization.lines())
+        assert not any("cast once" in line for line in plain.optimization.lines())
         torch.testing.assert_close(plain(x).float(), ref.float(), atol=0.1, rtol=0.05)
     fast64, model64 = optimize(copy.deepcopy(model).double()), copy.deepcopy(model).double()
     with torch.no_grad():
@@ -152,9 +154,31 @@ def test_bf16_weights_run_the_model_in_bfloat16_and_return_float32(name):
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the reference model is left as it was
 
 
-def test_bf16_weights_and_packed_float32_weights_exclude_each_other():
-    with pytest.raises(VitkitError, match="pack_weights"):
-        optimize(build("vit_small_patch16_224"), pack_weights=True, bf16_weights=True)
+@pytest.mark.skipif(not HAS_FUSED_LINEAR, reason="PyTorch without oneDNN: nothing is packed")
+def test_packed_weights_replace_the_plain_ones_and_read_back_exactly():
+    model = build("vit_small_patch16_224")
+    fast = optimize(model)
+    linears = [m for m in fast.modules() if isinstance(m, EngineLinear)]
+    assert linears and all(m.packed is not None for m in linears)
+    assert any("oneDNN's layout only" in line for line in fast.optimization.lines())
+    # no second copy: the plain weights are no longer parameters, but read back (and save) exactly
+    linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in model.parameters()) - linear_weights
+    ref_state, state = model.state_dict(), fast.state_dict()
+    assert list(state) == list(ref_state) and all(torch.equal(state[k], v) for k, v in ref_state.items())
+    x = torch.randn(2, *model.data_config["input_size"])
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(fast(x), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(copy.deepcopy(fast)(x), ref, atol=1e-5, rtol=1e-5)  # copies pack again
+        torch.testing.assert_close(pickle.loads(pickle.dumps(fast))(x), ref, atol=1e-5, rtol=1e-5)
+        fast64 = copy.deepcopy(fast).double()  # moved: plain weights in the new dtype
+        torch.testing.assert_close(fast64(x.double()), copy.deepcopy(model).double()(x.double()))
+    assert all(m.packed is None for m in fast64.modules() if isinstance(m, EngineLinear))
+    assert all(m.packed is not None for m in copy.deepcopy(fast).modules() if isinstance(m, EngineLinear))
+    # neither in bf16 nor with shared weights
+    for other in (optimize(model, bf16_weights=True), optimize(model, share_weights=True)):
+        assert all(m.packed is None for m in other.modules() if isinstance(m, EngineLinear))
 
 
 def test_optimize_returns_a_copy_and_the_original_still_trains():

@@ -8,7 +8,7 @@ from tests.conftest import randomize_
 from tests.tiny import tiny_overrides
 from vitkit.engine import optimize
 from vitkit.engine import probe as probe_module
-from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, CastOnceLinear
+from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
 from vitkit.engine.probe import MARGIN, LinearProbe, probe_linear
 
 needs_onednn = pytest.mark.skipif(not HAS_FUSED_LINEAR, reason="PyTorch built without oneDNN")
@@ -53,7 +53,7 @@ def test_optimize_records_the_probe_and_follows_its_choice(name, monkeypatch):
     monkeypatch.setattr(vitkit.engine, "probe_linear", slow)
     plain = optimize(model)
     assert all(not getattr(m, "fused", False) for m in plain.modules())
-    assert all(not m.onednn for m in plain.modules() if isinstance(m, CastOnceLinear))
+    assert all(not m.onednn and m.packed is None for m in plain.modules() if isinstance(m, EngineLinear))
     assert plain.engine_settings.fused_linear  # the user's settings stay as given; the report says what ran
     with torch.no_grad():
         torch.testing.assert_close(plain(x), ref, atol=1e-5, rtol=1e-5)

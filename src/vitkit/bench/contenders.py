@@ -18,9 +18,9 @@ from vitkit.hub import from_pretrained
 from vitkit.train.optim import adamw
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODES = ("optimized", "reference", "compile", "onnx", "onnx-int8", "int8", "packed", "bf16-weights")
+MODES = ("optimized", "reference", "compile", "onnx", "onnx-int8", "int8", "bf16-weights")
 TRAINABLE = ("reference", "compile")  # an optimized model is inference-only
-CPU_ONLY = ("onnx", "onnx-int8", "int8", "packed")  # onnxruntime's CPU provider, fbgemm int8, oneDNN packed weights
+CPU_ONLY = ("onnx", "onnx-int8", "int8")  # onnxruntime's CPU provider, fbgemm int8
 BF16_ONLY = ("bf16-weights",)  # vitkit.optimize(model, bf16_weights=True): the model itself in bfloat16
 
 
@@ -153,8 +153,8 @@ def make_mode(
         from vitkit.engine.quantize import quantize_dynamic_int8
 
         model = quantize_dynamic_int8(model)
-    # optimized, int8 (quantized), packed, bf16-weights
-    fast = optimize(model, inplace=inplace, pack_weights=mode == "packed", bf16_weights=mode == "bf16-weights")
+    # optimized, int8 (quantized), bf16-weights
+    fast = optimize(model, inplace=inplace, bf16_weights=mode == "bf16-weights")
     return fast, time.perf_counter() - t0, fast.optimization
 
 

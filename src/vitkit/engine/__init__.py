@@ -7,7 +7,9 @@ swapped for engine versions:
 
 * every block: linears fused with their bias, GELU and residual add in oneDNN's matmul (CPU float32 and bf16),
   where a quick probe on the model's MLP shape finds oneDNN not slower than plain ``F.linear`` on this CPU
-  (:mod:`vitkit.engine.probe`; the measurement is in the report);
+  (:mod:`vitkit.engine.probe`; the measurement is in the report); there, every float32 Linear weight is kept in
+  oneDNN's blocked layout instead of the plain one (``pack_weights``), which saves the reorder oneDNN otherwise
+  makes inside every call, at no extra memory (``weight`` still reads the plain layout, exactly);
 * ViT and CvT: multi-head attention in a native kernel where it beats SDPA;
 * Swin: the whole shifted-window attention in one native kernel (shift, partition and reverse as index
   arithmetic), or a PyTorch path without the partition copies; the relative-position bias and shift mask are built
@@ -17,7 +19,6 @@ swapped for engine versions:
 * bf16 / fp16 matmuls (autocast, or ``bf16_weights``): Linear weights cast to that dtype once instead of on every
   call (autocast's own cache skips tensors that need no gradient, as a frozen model's), on the CPU in oneDNN's layout
   with bias, GELU and residual add fused as in float32;
-* optionally, Linear weights pre-packed in oneDNN's layout (``pack_weights=True``);
 * optionally, the whole model in bfloat16 (``bf16_weights=True``): inputs are cast on the way in and the logits come
   back in float32. On CPUs with native bf16 (AVX512-BF16, AMX) this is faster than autocast, which keeps float32
   weights and casts them, and LayerNorm / softmax outputs, on every call; the price is bf16 rounding in the residual
@@ -41,7 +42,7 @@ import torch
 from torch import nn
 
 from vitkit.engine import cvt, swin, vit
-from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, CastOnceLinear, PackedLinear
+from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
 from vitkit.engine.probe import LinearProbe, probe_linear
 from vitkit.errors import VitkitError
@@ -60,9 +61,9 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     """An inference-only version of ``model`` with the same outputs; see the module docstring.
 
     ``inplace``: rewrite ``model`` itself instead of a copy. ``share_weights``: the copy reads the original's
-    parameter tensors instead of copies of them (re-optimize after the weights change: precomputed tensors such as
-    folded BatchNorm do not follow). Other keyword arguments are :class:`~vitkit.settings.EngineSettings` switches,
-    e.g. ``native_kernels=False``.
+    parameter tensors instead of copies of them (so no packed weights; re-optimize after the weights change:
+    precomputed tensors such as folded BatchNorm do not follow). Other keyword arguments are
+    :class:`~vitkit.settings.EngineSettings` switches, e.g. ``native_kernels=False``.
     """
     valid = {f.name for f in dataclasses.fields(EngineSettings)}
     unknown = sorted(set(switches) - valid)
@@ -77,10 +78,6 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     family = FAMILIES.get(type(model))
     if family is None:
         raise VitkitError(f"optimize: {type(model).__name__} is not one of vitkit's models")
-    if settings.pack_weights and settings.bf16_weights:
-        raise VitkitError("optimize: pack_weights packs float32 weights; it cannot be combined with bf16_weights")
-    if settings.pack_weights and not HAS_FUSED_LINEAR:
-        raise VitkitError("optimize: pack_weights needs PyTorch built with oneDNN (mkldnn), which this one is not")
     if not inplace:
         shared = {id(t): t for t in (*model.parameters(), *model.buffers())} if share_weights else {}
         model = copy.deepcopy(model, memo=shared)
@@ -93,6 +90,9 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
         report.probes = _probe_linears(model, bf16=settings.lowp_linear)
         onednn |= {p.dtype: p.use_onednn for p in report.probes}
     effective = dataclasses.replace(settings, fused_linear=onednn["float32"])  # what the blocks act on
+    # float32 weights in oneDNN's layout only where oneDNN runs them; shared weights stay the original's tensors
+    pack = settings.pack_weights and onednn["float32"] and HAS_FUSED_LINEAR
+    pack = pack and not (share_weights or settings.bf16_weights)
     for module in list(model.modules()):
         swap = family.SWAPS.get(type(module))
         if swap is not None and (swap[2] is None or getattr(settings, swap[2])):
@@ -100,14 +100,15 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
             report.swaps[(type(module).__name__, f"{engine_cls.__module__}.{engine_cls.__name__}", what)] += 1
             module.__class__ = engine_cls
             module.prepare(effective)
-        elif settings.pack_weights and type(module) is nn.Linear and module.weight.device.type == "cpu":
-            report.swaps[("Linear", "vitkit.engine.linear.PackedLinear", "weight pre-packed for oneDNN")] += 1
-            PackedLinear.from_linear(module)
-        elif settings.lowp_linear and type(module) is nn.Linear:
-            swap = ("Linear", "vitkit.engine.linear.CastOnceLinear", "bf16 / fp16 matmuls: weights cast once")
-            report.swaps[swap] += 1
-            module.__class__ = CastOnceLinear
-            module.onednn = onednn["bfloat16"]
+        elif type(module) is nn.Linear and (pack or settings.lowp_linear):
+            module.__class__ = EngineLinear
+            module.cast_once, module.onednn = settings.lowp_linear, onednn["bfloat16"]
+            w = module.weight
+            what = ["bf16 / fp16 matmuls: weights cast once"] if settings.lowp_linear else []
+            if pack and w.device.type == "cpu" and w.dtype == torch.float32:
+                module.pack()
+                what.insert(0, "float32 weight kept in oneDNN's layout only")
+            report.swaps[("Linear", "vitkit.engine.linear.EngineLinear", "; ".join(what))] += 1
     if settings.bf16_weights:  # after the swaps: folded BatchNorm and the other precomputed buffers are cast too
         tensors = sum(1 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
         model.to(torch.bfloat16)

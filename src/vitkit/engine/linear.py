@@ -1,12 +1,12 @@
-"""The engine's Linear layers: oneDNN's fused linear on the CPU, bf16 weights cast once.
+"""The engine's Linear layers: oneDNN's fused linear on the CPU, weights packed or cast once.
 
 On CPU the passes over a block's output (bias, GELU, residual add) cost a noticeable share of the time next to the
-matmuls; ``torch.ops.mkldnn._linear_pointwise`` does them in the matmul's epilogue. :class:`PackedLinear` also keeps
-the weight in oneDNN's blocked layout, which saves the reorder inside every call at the price of a second copy of the
-weight. For bf16 matmuls (autocast, or a model cast to bf16), :class:`CastOnceLinear` keeps its weight in that
-dtype, on the CPU in oneDNN's layout with the same epilogues: autocast casts the weights on every call otherwise (its
-own cache holds only tensors that require grad, which a frozen model's do not), and at small batches the casts cost
-more than the matmuls. Anything else (a quantised layer, autograd) runs the plain ops.
+matmuls; ``torch.ops.mkldnn._linear_pointwise`` does them in the matmul's epilogue. Given a weight in the plain
+layout, oneDNN reorders it into its blocked layout inside every call, so :class:`EngineLinear` keeps the float32
+weight in that layout instead (packed once), and for bf16 / fp16 matmuls (autocast, or a model cast to bf16) a copy
+of the weight in that dtype, made once: autocast casts the weights on every call otherwise (its own cache holds only
+tensors that require grad, which a frozen model's do not), and at small batches the casts cost more than the
+matmuls. Anything else (a quantised layer, autograd) runs the plain ops.
 """
 
 import torch
@@ -23,18 +23,17 @@ HAS_BF16_FUSED_LINEAR = HAS_FUSED_LINEAR and getattr(torch.ops.mkldnn, "_is_mkld
 
 def linear(x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torch.Tensor | None = None, fused=True):
     """``residual + gelu?(layer(x))``, as one oneDNN op where it can run."""
-    if fused and cpu_float32(x):
-        if type(layer) is PackedLinear:
-            w, b = layer.packed_weight, layer.bias
-        elif type(layer) in (nn.Linear, CastOnceLinear) and layer.weight.dtype == x.dtype and HAS_FUSED_LINEAR:
-            w, b = layer.weight, layer.bias
-        else:
-            w = None
-        if w is not None and residual is None:
-            return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu" if gelu else "none", [], "none")
-        if w is not None and not gelu:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
-    elif type(layer) is CastOnceLinear and (dtype := layer.call_dtype(x)) is not None:
+    w = None
+    if cpu_float32(x) and type(layer) in (nn.Linear, EngineLinear):
+        if type(layer) is EngineLinear and layer.packed is not None:
+            w = layer.packed  # no plain layout to fall back on: oneDNN it is
+        elif fused and HAS_FUSED_LINEAR and layer.weight.dtype == x.dtype:
+            w = layer.weight
+    if w is not None and residual is None:
+        return torch.ops.mkldnn._linear_pointwise(x, w, layer.bias, "gelu" if gelu else "none", [], "none")
+    if w is not None and not gelu:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, layer.bias, "add")
+    if type(layer) is EngineLinear and (dtype := layer.call_dtype(x)) is not None:
         return layer.lowp(x, dtype, gelu=gelu, residual=residual)
     y = layer(x)  # also any replacement of nn.Linear (e.g. a dynamically quantised one)
     y = F.gelu(y) if gelu else y
@@ -48,42 +47,79 @@ def mlp(module: nn.Module, x: torch.Tensor, residual: torch.Tensor, fused: bool 
     return residual + module(x)
 
 
-class PackedLinear(nn.Linear):
-    """An ``nn.Linear`` for CPU float32 inference whose weight is also kept in oneDNN's blocked layout.
+class EngineLinear(nn.Linear):
+    """An optimized model's ``nn.Linear``.
 
-    The plain ``weight`` stays (the state dict is unchanged; other devices and dtypes use it), the packed copy
-    ``packed_weight`` serves the fused ops.
+    Packed (:meth:`pack`, CPU float32): the weight lives only in oneDNN's blocked layout, since keeping both layouts
+    would double the memory of the weights. ``weight`` gives the plain layout back, exactly, whenever something asks
+    for it (autograd, another dtype or device, the state dict); moving the layer (``.to``, ``.half``) unpacks it
+    first, and copies and pickles carry the plain weight and pack it again.
+
+    bf16 / fp16 matmuls in inference (under autocast, or in a model cast to bf16) use a copy of the weight and bias in
+    that dtype made once, and again only when the weights change; on CPUs with oneDNN's bf16 path that copy is in
+    oneDNN's blocked layout and bias / GELU / a residual add run in the matmul's epilogue. Autocast's numbers, to the
+    rounding of the epilogue: the same casts, made fewer times.
     """
 
-    @classmethod
-    def from_linear(cls, layer: nn.Linear) -> "PackedLinear":
-        layer.__class__ = cls
-        with torch.no_grad():
-            layer.register_buffer(
-                "packed_weight",
-                torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach().float()),
-                persistent=False,
-            )
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_float32(x) and not torch.is_grad_enabled():
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "none")
-        return super().forward(x)
-
-
-class CastOnceLinear(nn.Linear):
-    """An ``nn.Linear`` whose bf16 / fp16 matmuls in inference (under autocast, or in a model cast to bf16) use a copy
-    of its weight and bias in that dtype made once, and again only when the weights change; on CPUs with oneDNN's
-    bf16 path that copy is in oneDNN's blocked layout and bias / GELU / a residual add run in the matmul's epilogue.
-    Autocast's numbers, to the rounding of the epilogue: the same casts, made fewer times."""
-
+    cast_once: bool = True  # bf16 / fp16 matmuls with the weight cast once (else autocast's own casts)
     onednn: bool = True  # may bf16 matmuls take oneDNN's path (set by optimize from fused_linear and the probe)
+    packed: torch.Tensor | None = None  # the float32 weight in oneDNN's layout; then no plain ``weight`` parameter
+
+    def pack(self) -> None:
+        """Keep the (CPU float32) weight in oneDNN's layout only."""
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self._parameters.pop("weight").detach())
+
+    def unpack(self) -> None:
+        """Back to a plain ``weight`` parameter (frozen, as in an optimized model)."""
+        packed = self.__dict__.pop("packed", None)
+        if packed is not None:
+            self._parameters = {"weight": nn.Parameter(packed.to_dense(), requires_grad=False), **self._parameters}
+
+    @property
+    def weight(self) -> torch.Tensor:
+        packed = self.packed
+        return self._parameters["weight"] if packed is None else packed.to_dense()
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()`` and friends: on the plain weight; packed again if it stays CPU float32."""
+        was_packed = self.packed is not None
+        self.unpack()
+        super()._apply(fn, recurse)
+        w = self._parameters["weight"]
+        if was_packed and w.device.type == "cpu" and w.dtype == torch.float32:
+            self.pack()
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        if self.packed is not None:  # the reference layer's keys, in its order
+            destination[prefix + "weight"] = self.packed.to_dense()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles carry the plain weight (oneDNN's layout has no storage to copy) and drop cached casts."""
+        state = self.__dict__.copy()
+        state.pop("_prepared", None)
+        packed = state.pop("packed", None)
+        if packed is not None:
+            weight = nn.Parameter(packed.to_dense(), requires_grad=False)
+            state["_parameters"] = {"weight": weight, **self._parameters}
+            state["_pack_again"] = True
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        pack_again = state.pop("_pack_again", False)
+        super().__setstate__(state)
+        if pack_again:
+            self.pack()
 
     def call_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The reduced precision this call's matmul runs in, or None for the plain layer."""
+        if not self.cast_once:
+            return None
         dtype = autocast_dtype(x.device.type)
-        if dtype is None and x.dtype == self.weight.dtype and x.dtype in (torch.bfloat16, torch.float16):
+        lowp_input = x.dtype in (torch.bfloat16, torch.float16) and self.packed is None
+        if dtype is None and lowp_input and x.dtype == self._parameters["weight"].dtype:
             dtype = x.dtype  # a model cast to bf16 (bf16_weights): only the oneDNN layout to gain
         if dtype is None or dtype == torch.float32 or not inference_call():  # cheap checks first: a hot path
             return None
@@ -91,12 +127,14 @@ class CastOnceLinear(nn.Linear):
 
     def prepared(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
         """(weight, bias, in oneDNN's layout) for matmuls in ``dtype`` on ``device``."""
-        w = self.weight
-        key = (dtype, device, w.data_ptr(), w._version)
+        packed = self.packed  # frozen while packed; a plain weight is checked for changes
+        w = self._parameters["weight"] if packed is None else None
+        source = ("packed", id(packed)) if w is None else (w.data_ptr(), w._version)
+        key = (dtype, device, source)
         cached = self.__dict__.get("_prepared")
         if cached is None or cached[0] != key:
             with torch.no_grad():
-                weight = w.detach().to(dtype)
+                weight = self.weight.detach().to(device=device, dtype=dtype)
                 bias = None if self.bias is None else self.bias.detach().to(dtype)
                 onednn = self.onednn and device.type == "cpu" and dtype == torch.bfloat16 and HAS_BF16_FUSED_LINEAR
                 if onednn:
@@ -117,12 +155,8 @@ class CastOnceLinear(nn.Linear):
             y = F.gelu(y) if gelu else y
         return y if residual is None else residual + y
 
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave the prepared weight out (oneDNN's layout has no storage to copy); it is remade."""
-        state = self.__dict__.copy()
-        state.pop("_prepared", None)
-        return state
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and cpu_float32(x) and inference_call():
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "none")
         dtype = self.call_dtype(x)
-        return super().forward(x) if dtype is None else self.lowp(x, dtype)
+        return F.linear(x, self.weight, self.bias) if dtype is None else self.lowp(x, dtype)

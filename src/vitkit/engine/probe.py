@@ -58,10 +58,7 @@ def probe_linear(dtype: torch.dtype, in_features: int, out_features: int, thread
     name = str(dtype).removeprefix("torch.")
     if not HAS_FUSED_LINEAR or (dtype == torch.bfloat16 and not HAS_BF16_FUSED_LINEAR):
         raise RuntimeError(f"oneDNN's fused {name} linear is not available in this PyTorch build")
-    if dtype == torch.bfloat16:  # the engine keeps bf16 weights in oneDNN's layout
-        w_onednn = torch.ops.mkldnn._reorder_linear_weight(w)
-    else:
-        w_onednn = w
+    w_onednn = torch.ops.mkldnn._reorder_linear_weight(w)  # where oneDNN is taken, the engine packs the weights
 
     def onednn():
         return torch.ops.mkldnn._linear_pointwise(x, w_onednn, b, "gelu", [], "none")
