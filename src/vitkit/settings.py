@@ -79,6 +79,7 @@ class EngineSettings:
     bf16_weights: bool = False  # weights and activations in bfloat16 (native bf16 CPUs, CUDA); float32 logits out
     probe: bool = True  # oneDNN's fused linear only where it measures not slower than F.linear on this CPU
     lowp_linear: bool = True  # bf16 / fp16 matmuls (autocast, bf16_weights): Linear weights cast (CPU: packed) once
+    cls_only_head: bool = True  # logits of a [CLS]-reading head: the last block computes the [CLS] row alone
 
     def __post_init__(self) -> None:
         for name in (
@@ -90,6 +91,7 @@ class EngineSettings:
             "bf16_weights",
             "lowp_linear",
             "probe",
+            "cls_only_head",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise VitkitError(f"optimize: {name} must be True or False, got {getattr(self, name)!r}")

@@ -113,8 +113,34 @@ def test_switches_each_give_the_same_logits(name):
             dict(fold_batchnorm=False, precompute_bias=False),
             dict(micro_batch_bytes=1),
             dict(pack_weights=False),
+            dict(cls_only_head=False),
         ):
             torch.testing.assert_close(optimize(model, **switches)(x), ref, atol=1e-5, rtol=1e-5, msg=str(switches))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_cls_head_lets_the_last_block_compute_its_cls_row_alone(name):
+    """Logits of a model whose head reads [CLS] only: the last block's [CLS] row alone, the same numbers; the
+    features, intermediates and any forward hook still see every token."""
+    model = build(name)
+    fast = optimize(model)
+    cls_head = get_entry(name).family != "swin" and (
+        model.config.cls_token if get_entry(name).family == "cvt" else model.config.global_pool == "token"
+    )
+    assert any("[CLS] row only" in line for line in fast.optimization.lines()) == cls_head
+    x = torch.randn(2, *model.data_config["input_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), optimize(model, cls_only_head=False)(x), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(fast.forward_features(x), model.forward_features(x), atol=1e-5, rtol=1e-5)
+    if not cls_head:
+        return
+    last = fast.blocks[-1] if get_entry(name).family == "vit" else fast.stages[-1].blocks[-1]
+    seen = []
+    handle = last.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
+    handle.remove()
+    assert seen and seen[0][1] > 1  # the hook saw every token
 
 
 def test_autocast_and_other_dtypes_take_the_reference_math():

@@ -15,6 +15,9 @@ swapped for engine versions:
   arithmetic), or a PyTorch path without the partition copies; the relative-position bias and shift mask are built
   once per resolution;
 * CvT: each projection's BatchNorm folded into its depthwise conv;
+* ViT and CvT with a head that reads [CLS] only: when the model is asked for its logits (``model(x)``; not
+  ``forward_features``, and not while a forward hook watches any module), the last block computes its [CLS] row alone:
+  keys and values from every token, but one query, and the projection and MLP on one token (``cls_only_head``);
 * CPU batches whose widest temporary would be huge run in slices (no page faults on every call);
 * bf16 / fp16 matmuls (autocast, or ``bf16_weights``): Linear weights cast to that dtype once instead of on every
   call (autocast's own cache skips tensors that need no gradient, as a frozen model's), on the CPU in oneDNN's layout
@@ -109,6 +112,11 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
                 module.pack()
                 what.insert(0, "float32 weight kept in oneDNN's layout only")
             report.swaps[("Linear", "vitkit.engine.linear.EngineLinear", "; ".join(what))] += 1
+    block = family.cls_only_block(model) if settings.cls_only_head else None
+    if block is not None and getattr(type(block), "forward_cls", None) is not None:
+        block.cls_only = model.head_reads_cls_only = True
+        what = "the [CLS] row only when logits are asked for (all the head reads; keys and values from every token)"
+        report.swaps[(type(block).__name__, "last block", what)] += 1
     if settings.bf16_weights:  # after the swaps: folded BatchNorm and the other precomputed buffers are cast too
         tensors = sum(1 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
         model.to(torch.bfloat16)

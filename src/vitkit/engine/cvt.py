@@ -8,7 +8,7 @@ from vitkit.engine.attention import multi_head_attention
 from vitkit.engine.conditions import inference_call
 from vitkit.engine.linear import linear, mlp
 from vitkit.engine.micro_batch import num_micro_batches, sliced
-from vitkit.engine.model import InferenceModel
+from vitkit.engine.model import HEAD_READS_CLS_ONLY, InferenceModel
 from vitkit.kernels import attention as attention_kernel
 from vitkit.models import cvt
 from vitkit.settings import EngineSettings
@@ -36,6 +36,7 @@ class FastBlock(cvt.Block):
 
     fused: bool
     native: bool
+    cls_only: bool = False  # the last block of a model whose head reads [CLS] alone
 
     def prepare(self, settings: EngineSettings) -> None:
         self.fused, self.native = settings.fused_linear, settings.native_kernels
@@ -44,6 +45,8 @@ class FastBlock(cvt.Block):
         a = self.attn
         if not inference_call(a):
             return super().forward(x, H, W)
+        if self.cls_only and HEAD_READS_CLS_ONLY.get():
+            return self.forward_cls(x, H, W)
         y = self.norm1(x)
         B, N, C = y.shape
         if a.with_cls_token:
@@ -59,6 +62,28 @@ class FastBlock(cvt.Block):
         out = multi_head_attention(q, k, v, a.scale, self.native).transpose(1, 2).reshape(B, N, C)
         x = linear(out, a.proj, residual=x, fused=self.fused)
         return mlp(self.mlp, self.norm2(x), residual=x, fused=self.fused)
+
+    def forward_cls(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:  # (B, 1+N, D) -> (B, 1, D)
+        """The block's [CLS] row alone: keys and values from every token, the [CLS] query only (so no query
+        convolution), projection and MLP on one token. The same numbers as that row of :meth:`forward`."""
+        a = self.attn
+        y = self.norm1(x)
+        B, N, C = y.shape
+        cls, t = y[:, :1].contiguous(), y[:, 1:].contiguous().reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last
+        k, v = (torch.cat([cls, proj(t)], dim=1) for proj in (a.conv_proj_k, a.conv_proj_v))
+        h, d = a.num_heads, C // a.num_heads
+        q = linear(cls, a.proj_q, fused=self.fused).view(B, 1, h, d).transpose(1, 2)  # (B, heads, 1, d)
+        k = linear(k, a.proj_k, fused=self.fused).view(B, k.shape[1], h, d).transpose(1, 2)  # (B, heads, Nk, d)
+        v = linear(v, a.proj_v, fused=self.fused).view(B, v.shape[1], h, d).transpose(1, 2)
+        out = multi_head_attention(q, k, v, a.scale, self.native).transpose(1, 2).reshape(B, 1, C)
+        x = linear(out, a.proj, residual=x[:, :1].contiguous(), fused=self.fused)
+        return mlp(self.mlp, self.norm2(x), residual=x, fused=self.fused)
+
+
+def cls_only_block(model: cvt.CvT) -> torch.nn.Module | None:
+    """The block whose [CLS] row is all the head reads (the last one, where the last stage has [CLS]), or None."""
+    blocks = model.stages[-1].blocks
+    return blocks[-1] if model.config.cls_token and len(blocks) else None
 
 
 class SlicedStage(cvt.Stage):

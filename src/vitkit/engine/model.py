@@ -8,12 +8,26 @@ swapped.
 
 import dataclasses
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from vitkit.errors import VitkitError
 from vitkit.settings import EngineSettings
+
+# Set while an optimized model computes its logits and nothing else can see the last block's output: a head that
+# reads [CLS] only then lets the last block compute its [CLS] row only (keys and values still from every token).
+HEAD_READS_CLS_ONLY: ContextVar[bool] = ContextVar("vitkit_head_reads_cls_only", default=False)
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Forward hooks anywhere in ``model`` (or global ones): they would see the [CLS] row alone."""
+    hooks = nn.modules.module
+    if getattr(hooks, "_global_forward_hooks", None) or getattr(hooks, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 @dataclass
@@ -70,10 +84,16 @@ class InferenceModel:
             return x.to(torch.bfloat16)
         return x
 
+    head_reads_cls_only: bool = False  # set by optimize: the head reads [CLS] alone, a block marked to compute only it
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.engine_settings.bf16_weights:
-            return super().forward(self._cast_in(x)).float()
-        return super().forward(x)
+        cls_only = self.head_reads_cls_only and not has_hooks(self)
+        token = HEAD_READS_CLS_ONLY.set(cls_only)
+        try:
+            logits = super().forward(self._cast_in(x))
+        finally:
+            HEAD_READS_CLS_ONLY.reset(token)
+        return logits.float() if self.engine_settings.bf16_weights else logits
 
     def _needs_no_grad(self, x: torch.Tensor) -> bool:
         """Autograd is on, but nothing needs a gradient: the call may run under no_grad (the fast paths)."""

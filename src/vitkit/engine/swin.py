@@ -152,6 +152,11 @@ class InferenceSwin(InferenceModel, swin.SwinTransformer):
     pass
 
 
+def cls_only_block(model: swin.SwinTransformer) -> None:
+    """None: Swin's head averages every token."""
+    return None
+
+
 MODEL = (swin.SwinTransformer, InferenceSwin)
 SWAPS = {
     swin.SwinStage: (
