@@ -68,7 +68,7 @@ class FastBlock(cvt.Block):
         convolution), projection and MLP on one token. The same numbers as that row of :meth:`forward`."""
         a = self.attn
         y = self.norm1(x)
-        B, N, C = y.shape
+        B, _, C = y.shape
         cls, t = y[:, :1].contiguous(), y[:, 1:].contiguous().reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last
         k, v = (torch.cat([cls, proj(t)], dim=1) for proj in (a.conv_proj_k, a.conv_proj_v))
         h, d = a.num_heads, C // a.num_heads
