@@ -10,6 +10,9 @@ setup time (export / quantise / compile).
 
     python benchmarks/modes.py --threads 2 --out benchmarks/results
 
+A model with a larger input (e.g. ``--model vit_tiny_patch16_224 --set in_chans=1``: an ImageNet-style 224-px
+architecture) sees the 28-px images upsampled (bilinear) to its input size, batch by batch.
+
 Data: the gzipped IDX files in /work/shared/data/fashion-mnist/ (or --data DIR).
 """
 
@@ -64,6 +67,11 @@ def load_split(root: Path, split: str, mean: float, std: float) -> tuple[torch.T
     return xt, torch.from_numpy(y.astype(np.int64))
 
 
+def resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch of 28-px images at the model's input size (bilinear), or as it is."""
+    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def train(model, x, y, *, epochs: int, batch_size: int, lr: float, log) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
@@ -75,7 +83,7 @@ def train(model, x, y, *, epochs: int, batch_size: int, lr: float, log) -> None:
         t0, total, correct = time.perf_counter(), 0.0, 0
         for i in range(0, len(x), batch_size):
             idx = perm[i : i + batch_size]
-            xb, yb = x[idx], y[idx]
+            xb, yb = resized(x[idx], model.data_config["input_size"][-1]), y[idx]
             flip = torch.rand(len(idx), generator=g) < 0.5  # horizontal flips: the only augmentation
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
             logits = model(xb)
@@ -91,9 +99,10 @@ def train(model, x, y, *, epochs: int, batch_size: int, lr: float, log) -> None:
     model.eval()
 
 
-def predict(c: bench.Contender, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict(c: bench.Contender, x: torch.Tensor, batch_size: int, size: int) -> torch.Tensor:
     dev = torch.device("cpu")
-    return torch.cat([bench.infer_step(c, x[i : i + batch_size], dev).float() for i in range(0, len(x), batch_size)])
+    batches = (resized(x[i : i + batch_size], size) for i in range(0, len(x), batch_size))
+    return torch.cat([bench.infer_step(c, xb, dev).float() for xb in batches])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     train(model, xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, log=log)
     train_s = time.perf_counter() - t0
 
+    input_size = tuple(model.data_config["input_size"])
+    size = input_size[-1]
     contenders = {}
     for key in args.modes:
         mode, dtype = SPECS[key]
-        wrapped, setup, _ = bench.make_mode(model, mode, threads=args.threads, input_size=(1, 28, 28))
+        wrapped, setup, _ = bench.make_mode(model, mode, threads=args.threads, input_size=input_size)
         c = bench.Contender(key, "vitkit", mode, dtype, wrapped, trainable=False, setup_s=setup)
         t0 = time.perf_counter()
-        bench.infer_step(c, xte[: args.eval_batch_size], dev)  # compile happens here
+        bench.infer_step(c, resized(xte[: args.eval_batch_size], size), dev)  # compile happens here
         c.setup_s += time.perf_counter() - t0
         contenders[key] = c
     if "bf16" in contenders and not cpu_supports_bf16():
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # accuracy: one pass over the whole test set per mode; speed: modes alternate over the first
     # --timing-images test images, median of --repeats passes
-    logits = {k: predict(c, xte, args.eval_batch_size) for k, c in contenders.items()}
+    logits = {k: predict(c, xte, args.eval_batch_size, size) for k, c in contenders.items()}
     times: dict[str, list[float]] = {k: [] for k in contenders}
     keys = list(contenders)
     xt = xte[: args.timing_images]
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         for j in range(len(keys)):
             k = keys[(r + j) % len(keys)]
             t0 = time.perf_counter()
-            predict(contenders[k], xt, args.eval_batch_size)
+            predict(contenders[k], xt, args.eval_batch_size, size)
             times[k].append(time.perf_counter() - t0)
     ref = logits.get("fp32")
     rows = []
@@ -183,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
     }
     lines = [
-        f"### Faster modes on Fashion-MNIST · {args.model} {overrides} · {model.num_params() / 1e6:.2f} M params · "
-        f"trained {args.epochs} epochs on {len(xtr)} images · {args.threads} threads · {info['cpu']}",
+        f"### Faster modes on Fashion-MNIST · {args.model} {overrides} · {size} px · "
+        f"{model.num_params() / 1e6:.2f} M params · trained {args.epochs} epochs on {len(xtr)} images · "
+        f"{args.threads} threads · {info['cpu']}",
         "",
         "| mode | test accuracy | Δ vs fp32 | predictions changed | max logit diff | eval img/s | speed-up | setup s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
