@@ -135,12 +135,13 @@ def test_a_cls_head_lets_the_last_block_compute_its_cls_row_alone(name):
     if not cls_head:
         return
     last = fast.blocks[-1] if get_entry(name).family == "vit" else fast.stages[-1].blocks[-1]
-    seen = []
-    handle = last.register_forward_hook(lambda m, args, out: seen.append(out.shape))
-    with torch.no_grad():
-        torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
-    handle.remove()
-    assert seen and seen[0][1] > 1  # the hook saw every token
+    for watched in (last, last.norm2, fast.norm):
+        seen: list[torch.Size] = []
+        handle = watched.register_forward_hook(lambda m, args, out, seen=seen: seen.append(out.shape))
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
+        handle.remove()
+        assert seen and seen[0][1] > 1  # the hook saw every token
 
 
 def test_autocast_and_other_dtypes_take_the_reference_math():

@@ -112,9 +112,10 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
                 module.pack()
                 what.insert(0, "float32 weight kept in oneDNN's layout only")
             report.swaps[("Linear", "vitkit.engine.linear.EngineLinear", "; ".join(what))] += 1
-    block = family.cls_only_block(model) if settings.cls_only_head else None
-    if block is not None and getattr(type(block), "forward_cls", None) is not None:
-        block.cls_only = model.head_reads_cls_only = True
+    path = family.cls_only_path(model) if settings.cls_only_head else None
+    if path is not None and getattr(type(path[0]), "forward_cls", None) is not None:
+        block, model.cls_only_modules = path
+        block.cls_only = True
         what = "the [CLS] row only when logits are asked for (all the head reads; keys and values from every token)"
         report.swaps[(type(block).__name__, "last block", what)] += 1
     if settings.bf16_weights:  # after the swaps: folded BatchNorm and the other precomputed buffers are cast too

@@ -80,10 +80,14 @@ class FastBlock(cvt.Block):
         return mlp(self.mlp, self.norm2(x), residual=x, fused=self.fused)
 
 
-def cls_only_block(model: cvt.CvT) -> torch.nn.Module | None:
-    """The block whose [CLS] row is all the head reads (the last one, where the last stage has [CLS]), or None."""
-    blocks = model.stages[-1].blocks
-    return blocks[-1] if model.config.cls_token and len(blocks) else None
+def cls_only_path(model: cvt.CvT) -> tuple[torch.nn.Module, tuple[torch.nn.Module, ...]] | None:
+    """Where the last stage has [CLS] (the head reads it alone): its last block and the modules whose outputs are
+    then that row alone; else None."""
+    stage = model.stages[-1]
+    if not (model.config.cls_token and len(stage.blocks)):
+        return None
+    block = stage.blocks[-1]
+    return block, (*block.modules(), stage, model.norm)
 
 
 class SlicedStage(cvt.Stage):

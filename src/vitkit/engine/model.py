@@ -22,12 +22,12 @@ from vitkit.settings import EngineSettings
 HEAD_READS_CLS_ONLY: ContextVar[bool] = ContextVar("vitkit_head_reads_cls_only", default=False)
 
 
-def has_hooks(model: nn.Module) -> bool:
-    """Forward hooks anywhere in ``model`` (or global ones): they would see the [CLS] row alone."""
+def has_hooks(modules: tuple[nn.Module, ...]) -> bool:
+    """Forward hooks on any of ``modules`` (or global ones): they would see the [CLS] row alone."""
     hooks = nn.modules.module
     if getattr(hooks, "_global_forward_hooks", None) or getattr(hooks, "_global_forward_pre_hooks", None):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 @dataclass
@@ -84,10 +84,12 @@ class InferenceModel:
             return x.to(torch.bfloat16)
         return x
 
-    head_reads_cls_only: bool = False  # set by optimize: the head reads [CLS] alone, a block marked to compute only it
+    # set by optimize where the head reads [CLS] alone: the modules whose outputs are then the [CLS] row only (the
+    # last block and its parts, what follows it up to the head), in a tuple: not registered as submodules
+    cls_only_modules: tuple[nn.Module, ...] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls_only = self.head_reads_cls_only and not has_hooks(self)
+        cls_only = bool(self.cls_only_modules) and not has_hooks(self.cls_only_modules)
         token = HEAD_READS_CLS_ONLY.set(cls_only)
         try:
             logits = super().forward(self._cast_in(x))

@@ -152,7 +152,7 @@ class InferenceSwin(InferenceModel, swin.SwinTransformer):
     pass
 
 
-def cls_only_block(model: swin.SwinTransformer) -> None:
+def cls_only_path(model: swin.SwinTransformer) -> None:
     """None: Swin's head averages every token."""
     return None
 

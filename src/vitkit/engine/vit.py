@@ -48,10 +48,14 @@ class FastBlock(vit.Block):
         return mlp(self.mlp, self.norm2(x), residual=x, fused=self.fused)
 
 
-def cls_only_block(model: vit.VisionTransformer) -> nn.Module | None:
-    """The block whose [CLS] row is all the head reads (the last one, under a [CLS] head), or None."""
+def cls_only_path(model: vit.VisionTransformer) -> tuple[nn.Module, tuple[nn.Module, ...]] | None:
+    """Under a [CLS] head: the last block, whose [CLS] row is all the head reads, and the modules whose outputs are
+    then that row alone; else None."""
     cfg = model.config
-    return model.blocks[-1] if cfg.class_token and cfg.global_pool == "token" and len(model.blocks) else None
+    if not (cfg.class_token and cfg.global_pool == "token" and len(model.blocks)):
+        return None
+    block = model.blocks[-1]
+    return block, (*block.modules(), model.norm)
 
 
 class InferenceViT(InferenceModel, vit.VisionTransformer):
