@@ -16,8 +16,9 @@ swapped for engine versions:
   once per resolution;
 * CvT: each projection's BatchNorm folded into its depthwise conv;
 * ViT and CvT with a head that reads [CLS] only: when the model is asked for its logits (``model(x)``; not
-  ``forward_features``, and not while a forward hook watches any module), the last block computes its [CLS] row alone:
-  keys and values from every token, but one query, and the projection and MLP on one token (``cls_only_head``);
+  ``forward_features``, and not while a forward hook watches the last block or the final norm), the last block
+  computes its [CLS] row alone: keys and values from every token, but one query, and the projection and MLP on one
+  token (``cls_only_head``);
 * CPU batches whose widest temporary would be huge run in slices (no page faults on every call);
 * bf16 / fp16 matmuls (autocast, or ``bf16_weights``): Linear weights cast to that dtype once instead of on every
   call (autocast's own cache skips tensors that need no gradient, as a frozen model's), on the CPU in oneDNN's layout
@@ -111,7 +112,7 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
             if pack and w.device.type == "cpu" and w.dtype == torch.float32:
                 module.pack()
                 what.insert(0, "float32 weight kept in oneDNN's layout only")
-            report.swaps[("Linear", "vitkit.engine.linear.EngineLinear", "; ".join(what))] += 1
+            report.swaps[("Linear", "vitkit.engine.linear.EngineLinear", "; ".join(what) or "plain")] += 1
     path = family.cls_only_path(model) if settings.cls_only_head else None
     if path is not None and getattr(type(path[0]), "forward_cls", None) is not None:
         block, model.cls_only_modules = path
