@@ -40,8 +40,9 @@ static inline float hsum(v16 a) {
   return a[0];
 }
 
-/* e^x for x <= 0 (softmax after the max is subtracted); relative error < 2e-7, exactly 0 below -87 (where e^x
- * leaves float32's normal range; a masked score, e.g. Swin's -100, must not turn into a denormal weight) */
+/* e^x for x <= 0 (softmax after the max is subtracted); relative error < 2e-7, exactly 0 below -87 (e^x leaves
+ * float32's normal range at -87.3; a masked score, e.g. Swin's -100, must not become a weight whose products with
+ * the values are denormal) */
 static inline v16 vexp(v16 x) {
   v16i normal = x >= -87.f;
   x = vmax(x, (v16){} - 87.f);
