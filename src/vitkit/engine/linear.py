@@ -79,7 +79,18 @@ class EngineLinear(nn.Linear):
     @property
     def weight(self) -> torch.Tensor:
         packed = self.packed
-        return self._parameters["weight"] if packed is None else packed.to_dense()
+        if packed is None:
+            return self._parameters["weight"]
+        get_state = getattr(torch._C, "_get_tracing_state", None)
+        if not torch.jit.is_tracing() or get_state is None:
+            return packed.to_dense()
+        # a trace (ONNX export) must see the plain weight as a constant, not an op on oneDNN's opaque tensor
+        state = get_state()
+        torch._C._set_tracing_state(None)
+        try:
+            return packed.to_dense()
+        finally:
+            torch._C._set_tracing_state(state)
 
     def _apply(self, fn, recurse: bool = True):
         """``.to()`` and friends: on the plain weight; packed again if it stays CPU float32."""
