@@ -67,6 +67,8 @@ def test_packed_linear_equals_the_plain_one_and_gives_its_weight_back():
     x.requires_grad_()
     layer(x).sum().backward()  # autograd: the plain weight, read back
     torch.testing.assert_close(x.grad, ref_state["weight"].sum(0).expand(3, 8))
+    packed = layer.packed
+    assert layer.to("cpu").float().packed is packed  # nothing to move: left packed
     layer.to(torch.float64)  # moved: unpacked
     assert layer.packed is None and layer.weight.dtype == torch.float64
     assert "weight" in dict(layer.named_parameters())

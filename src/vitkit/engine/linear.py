@@ -93,8 +93,13 @@ class EngineLinear(nn.Linear):
             torch._C._set_tracing_state(state)
 
     def _apply(self, fn, recurse: bool = True):
-        """``.to()`` and friends: on the plain weight; packed again if it stays CPU float32."""
+        """``.to()`` and friends: on the plain weight; packed again if it stays CPU float32 (left packed when ``fn``
+        keeps a CPU float32 tensor as it is, e.g. ``.to("cpu")`` of a CPU model)."""
         was_packed = self.packed is not None
+        if was_packed:
+            moved = fn(torch.zeros(1))
+            if moved.device.type == "cpu" and moved.dtype == torch.float32:
+                return super()._apply(fn, recurse)  # the bias and the rest; the packed weight stays
         self.unpack()
         super()._apply(fn, recurse)
         w = self._parameters["weight"]
