@@ -72,9 +72,13 @@ class EngineLinear(nn.Linear):
 
     def unpack(self) -> None:
         """Back to a plain ``weight`` parameter (frozen, as in an optimized model)."""
-        packed = self.__dict__.pop("packed", None)
-        if packed is not None:
-            self._parameters = {"weight": nn.Parameter(packed.to_dense(), requires_grad=False), **self._parameters}
+        if self.packed is not None:
+            self._parameters = self._plain_parameters()
+            del self.packed
+
+    def _plain_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters with the packed weight back in the plain layout, first (the reference layer's order)."""
+        return {"weight": nn.Parameter(self.packed.to_dense(), requires_grad=False), **self._parameters}
 
     @property
     def weight(self) -> torch.Tensor:
@@ -116,10 +120,8 @@ class EngineLinear(nn.Linear):
         """Copies and pickles carry the plain weight (oneDNN's layout has no storage to copy) and drop cached casts."""
         state = self.__dict__.copy()
         state.pop("_prepared", None)
-        packed = state.pop("packed", None)
-        if packed is not None:
-            weight = nn.Parameter(packed.to_dense(), requires_grad=False)
-            state["_parameters"] = {"weight": weight, **self._parameters}
+        if state.pop("packed", None) is not None:
+            state["_parameters"] = self._plain_parameters()
             state["_pack_again"] = True
         return state
 
