@@ -4,6 +4,7 @@ the same weights where the peer can take them."""
 import dataclasses
 import tempfile
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitkit.convert import HF_CONFIGS
-from vitkit.engine import optimize
+from vitkit.engine import optimize, training_path
 from vitkit.errors import VitkitError
 from vitkit.factory import create_model
 from vitkit.hub import from_pretrained
@@ -170,13 +171,17 @@ def infer_step(c: Contender, x: torch.Tensor, device: torch.device) -> torch.Ten
 
 
 def train_step(c: Contender, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Forward, cross-entropy, backward and an AdamW step (fused or PyTorch's default loop, see ``c.adamw``)."""
+    """Forward, cross-entropy, backward and an AdamW step (fused or PyTorch's default loop, see ``c.adamw``).
+
+    vitkit's forward runs through the engine's training shortcuts, as ``vitkit train`` runs it.
+    """
     c.model.train()
     if c.optimizer is None:
         params = c.model.parameters()
         c.optimizer = adamw(params, lr=1e-4) if c.adamw == "fused" else torch.optim.AdamW(params, lr=1e-4)
     c.optimizer.zero_grad(set_to_none=True)
-    with autocast(device, c.dtype):
+    shortcuts = training_path(c.model) if c.impl == "vitkit" else nullcontext()
+    with autocast(device, c.dtype), shortcuts:
         loss = F.cross_entropy(c.forward(x).float(), y)
     loss.backward()
     c.optimizer.step()

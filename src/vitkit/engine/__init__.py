@@ -36,6 +36,10 @@ attention maps being recorded, other devices or dtypes for the CPU-only parts), 
 reference's numbers to float rounding everywhere. It is inference-only: ``train()`` and ``load_state_dict()`` raise.
 ``model.optimization`` says what was done (``.summary()``). The switches are the fields of
 :class:`vitkit.settings.EngineSettings`.
+
+Training has one exact shortcut, :func:`training_path` (:mod:`vitkit.engine.training`): while it is active a ViT with a
+[CLS] head computes its last block's [CLS] row alone, with the reference ops, so autograd runs through it; ``vitkit
+train`` takes it on every step. The model stays the reference model.
 """
 
 import copy
@@ -49,6 +53,7 @@ from vitkit.engine import cvt, swin, vit
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
 from vitkit.engine.probe import LinearProbe, probe_linear
+from vitkit.engine.training import training_path
 from vitkit.errors import VitkitError
 from vitkit.kernels import unavailable_reason
 from vitkit.models.features import FeatureModel
@@ -146,4 +151,4 @@ def _probe_linears(model: nn.Module, bf16: bool) -> list[LinearProbe]:
     return probes
 
 
-__all__ = ["EngineSettings", "OptimizationReport", "is_optimized", "optimize"]
+__all__ = ["EngineSettings", "OptimizationReport", "is_optimized", "optimize", "training_path"]

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vitkit.data import DataSpec, Loader, build_dataset, mixup_cutmix
 from vitkit.data.loader import _mix
+from vitkit.engine.training import training_path
 from vitkit.errors import CheckpointError, VitkitError
 from vitkit.factory import create_model
 from vitkit.hub import from_pretrained
@@ -467,7 +468,8 @@ def _train(
                 ddp = isinstance(net, DistributedDataParallel)
                 sync = net.no_sync() if ddp and not last_in_group else nullcontext()
                 with sync:
-                    with autocast(device, cfg.amp):
+                    # the engine's exact shortcuts (a ViT's last block on its [CLS] row); compile traces its own
+                    with autocast(device, cfg.amp), training_path(model) if not cfg.compile else nullcontext():
                         logits = fwd(x)
                     loss = soft_cross_entropy(logits, target)
                     scaled = loss / group_size
