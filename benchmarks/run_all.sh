@@ -22,12 +22,15 @@ uptime
 # 1c. the native kernels per shape against PyTorch, and one engine swap in the whole model
 python benchmarks/kernels.py --threads 2 --batch-size 8 --rounds 7 --out "$OUT"
 python benchmarks/engine_ab.py swin_tiny_patch4_window7_224 micro_batch_bytes=0 --batch-size 8 --rounds 15 --threads 2
+# 1d. the engine's training shortcut (a ViT's last block on its [CLS] row) against the plain training step
+python benchmarks/training_path.py vit_base_patch16_224 vit_small_patch16_224 --batch-size 4 --rounds 6 --threads 2 \
+    --out "$OUT/training-path"
 uptime
 # 2. scaling with image size, 224 -> 1024 px
 python benchmarks/scaling.py --threads 2 --budget 540 --max-seconds 40 --out "$OUT"
 uptime
-# 3. faster modes on ViT-B/16: bf16 autocast, torch.compile, ONNX Runtime, dynamic int8, pre-packed weights
-python benchmarks/speed.py --models vit_base_patch16_224 --mode optimized,reference,compile,onnx,int8,packed \
+# 3. faster modes on ViT-B/16: bf16 autocast, torch.compile, ONNX Runtime, dynamic int8, the model in bf16
+python benchmarks/speed.py --models vit_base_patch16_224 --mode optimized,reference,compile,onnx,int8,bf16-weights \
     --dtype fp32,bf16 --task infer --threads 2 --batch-size 8 --warmup 1 --iters 1 --repeats 5 --no-memory \
     --device cpu --out "$OUT/modes"
 uptime

@@ -5,9 +5,12 @@ import copy
 import pytest
 import torch
 
-from tests.tiny import TINY
+from tests.tiny import TINY, tiny_overrides
 from vitkit import create_model
 from vitkit.engine import training_path
+from vitkit.kernels import call_counts, compiler
+
+needs_kernel = pytest.mark.skipif(compiler() is None, reason="no C compiler: the Swin shortcut needs its kernel")
 
 
 def tiny(family: str, **changes) -> torch.nn.Module:
@@ -43,6 +46,26 @@ def test_vit_cls_head_trains_through_the_last_blocks_cls_row_with_the_same_numbe
     assert "forward" not in vars(shortcut)  # the model is the reference model again
 
 
+def test_a_replaced_qkv_layer_still_gives_the_same_numbers():
+    """A layer that is not a plain ``nn.Linear`` (a quantised or adapted one) runs whole; the [CLS] query is kept."""
+
+    class Adapted(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 1.5
+
+    model = tiny("vit")
+    old = model.blocks[-1].attn.qkv
+    model.blocks[-1].attn.qkv = Adapted(old.in_features, old.out_features)
+    x = torch.randn(2, 3, 32, 32)
+    shortcut = copy.deepcopy(model)
+    ref_logits, ref_grads = step(model, x)
+    with training_path(shortcut):
+        logits, grads = step(shortcut, x)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-6, rtol=1e-5)
+    for g, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, ref, atol=1e-6, rtol=1e-4)
+
+
 def test_dropout_stays_on_in_training_and_off_in_eval():
     """Dropout draws masks of the rows it sees, so its noise differs from the full pass; its switch does not."""
     model = tiny("vit", proj_drop_rate=0.5, attn_drop_rate=0.5)
@@ -73,10 +96,10 @@ def test_gradient_checkpointing_and_autocast_follow_the_shortcut():
 
 @pytest.mark.parametrize(
     "model",
-    [tiny("vit", global_pool="avg"), tiny("vit", class_token=False, global_pool="avg"), tiny("swin"), tiny("cvt")],
-    ids=["vit-avg-pool", "vit-no-cls", "swin", "cvt"],
+    [tiny("vit", global_pool="avg"), tiny("vit", class_token=False, global_pool="avg"), tiny("cvt")],
+    ids=["vit-avg-pool", "vit-no-cls", "cvt"],
 )
-def test_models_that_read_more_than_cls_keep_their_forward(model):
+def test_models_without_a_shortcut_keep_their_forward(model):
     with training_path(model) as applies:
         assert not applies
         assert "forward" not in vars(model)
@@ -133,3 +156,83 @@ def test_a_training_run_takes_the_shortcut(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "training_path", spy)
     train(tiny_run(tmp_path, epochs=1))
     assert taken and all(taken)
+
+
+def tiny_swin(**changes) -> torch.nn.Module:
+    """Heads 16 wide (the kernel's unit); 16 px: a 4 x 4 map of 2 x 2 windows, then a shifted block."""
+    name = "swin_tiny_patch4_window7_224"
+    return create_model(name, **{**tiny_overrides(name, head_width=16), "num_classes": 5, **changes}).train()
+
+
+def kernel_calls() -> tuple[int, int]:
+    counts = call_counts()
+    return counts.get("window_attention", 0), counts.get("window_attention_backward", 0)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "changes, img",
+    [(dict(), 16), (dict(drop_path_rate=0.3, proj_drop_rate=0.0), 16), (dict(window_size=4, img_size=24), 24)],
+    ids=["plain", "drop-path", "padded-windows"],  # 24 px: a 6 x 6 map in 4 x 4 windows, padded to 8 x 8
+)
+def test_swin_trains_through_the_window_kernel_with_the_same_numbers(changes, img):
+    model = tiny_swin(**changes)
+    for m in model.modules():  # a bias that matters
+        if hasattr(m, "relative_position_bias_table"):
+            torch.nn.init.normal_(m.relative_position_bias_table, std=0.5)
+    x = torch.randn(2, 3, img, img)
+    shortcut = copy.deepcopy(model)
+    ref_logits, ref_grads = step(model, x)
+    before = kernel_calls()
+    with training_path(shortcut) as applies:
+        logits, grads = step(shortcut, x)
+    after = kernel_calls()
+    assert applies and after[0] > before[0] and after[1] > before[1]  # the kernel ran, both ways
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for g, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)
+    assert not any("forward" in vars(m) for m in shortcut.modules())
+
+
+@needs_kernel
+def test_swin_blocks_fall_back_where_the_kernel_does_not_fit():
+    x = torch.randn(2, 3, 16, 16)
+    model = tiny_swin(attn_drop_rate=0.2)  # the kernel has no dropout: the reference block runs, same noise
+    shortcut = copy.deepcopy(model)
+    ref_logits, _ = step(model, x)
+    before = kernel_calls()
+    with training_path(shortcut):
+        logits, _ = step(shortcut, x)
+        assert kernel_calls() == before
+        shortcut.eval()  # dropout off: the kernel again
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert shortcut(x).shape == (2, 5)  # bf16: the reference path
+        assert kernel_calls() == before
+        shortcut(x)
+        assert kernel_calls()[0] > before[0]
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_swin_hooks_and_attention_maps_see_the_reference_block():
+    model = tiny_swin()
+    x = torch.randn(1, 3, 16, 16)
+    attn = model.layers[0].blocks[1].attn
+    seen = []
+    handle = attn.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    with training_path(model):
+        model(x)
+        maps = model.get_attention_maps(x)
+    handle.remove()
+    assert seen and seen[0] == (1, 4, 4, 32)  # windows x tokens x channels, as the reference computes it
+    assert maps[0].weights.shape == (1, 4, 2, 4, 4)
+
+
+def test_swin_with_gradient_checkpointing_or_without_native_kernels_keeps_its_forward(monkeypatch):
+    model = tiny_swin()
+    model.set_grad_checkpointing(True)
+    with training_path(model) as applies:
+        assert not applies
+    monkeypatch.setenv("VITKIT_NATIVE", "0")
+    with training_path(tiny_swin()) as applies:
+        assert not applies

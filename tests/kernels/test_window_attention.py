@@ -62,6 +62,48 @@ def test_matches_the_reference(B, H, W, heads, hd, window, shift, threads):
     torch.testing.assert_close(out.double(), reference(qkv, bias, heads, window, shift, hd**-0.5), atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "B, H, W, heads, hd, window, shift",
+    [
+        (2, 14, 14, 3, 32, 7, 0),  # Swin-T's shapes: one bias for every window
+        (2, 14, 21, 3, 32, 7, 3),  # shifted: a bias per window, not square
+        (1, 8, 8, 2, 16, 4, 2),  # 16 tokens: padded to 32 columns
+        (3, 7, 7, 1, 48, 7, 0),  # the odd block of 16 channels
+        (1, 12, 12, 2, 64, 12, 6),  # 144 tokens per window
+        (2, 6, 6, 1, 16, 3, 1),  # 9 tokens: every row block and column block partial
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_trainable_kernel_gives_the_gradients_of_the_reference(B, H, W, heads, hd, window, shift, threads):
+    """Gradients of q / k / v and of the bias (its -inf padding columns get 0) against float64 autograd."""
+    C = heads * hd
+    qkv = torch.randn(B, H, W, 3 * C, requires_grad=True)
+    windows = (H // window) * (W // window) if shift else 0
+    bias = padded_bias(heads, window, windows, magnitude=2.0).requires_grad_()
+    dout = torch.randn(B, H, W, C)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = native.window_attention_trainable(qkv, bias, heads, window, shift, hd**-0.5)
+        out.backward(dout)
+    finally:
+        torch.set_num_threads(before)
+    qkv64 = qkv.detach().double().requires_grad_()
+    bias64 = bias.detach().double().requires_grad_()
+    ref = reference(qkv64, bias64, heads, window, shift, hd**-0.5)
+    ref.backward(dout.double())
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(qkv.grad.double(), qkv64.grad, atol=5e-5, rtol=1e-4)
+    n = window * window
+    torch.testing.assert_close(bias.grad[..., :n].double(), bias64.grad[..., :n], atol=5e-5, rtol=1e-4)
+    assert not bias.grad[..., n:].any()
+
+
+def test_the_trainable_kernel_refuses_what_the_inference_one_refuses():
+    with pytest.raises(ValueError, match="head width"):
+        native.window_attention_trainable(torch.randn(1, 7, 7, 96), torch.zeros(4, 49, 64), 4, 7, 0, 1.0)
+
+
 def test_denormals_flushed_inside_the_kernel_only():
     """Masked scores (-100) weigh exactly 0, not a denormal that slows every product; on its way out the kernel
     gives the calling thread its floating-point mode back (denormals still work there)."""

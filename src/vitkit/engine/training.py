@@ -1,12 +1,20 @@
 """Training with the engine's exact shortcuts: the reference model's own modules, parameters and state dict.
 
-:func:`vitkit.optimize` rewrites a model for inference. A training step can skip work too where the logits and
-gradients stay the reference model's: the head of a ViT that reads the [CLS] token alone needs only that row of the
-last block. Keys and values still come from every token, but the query, the projection and the MLP run on one token
-instead of 1 + N (what the inference engine's last block does, here with the reference ops, dropout and stochastic
-depth, so autograd runs through it). :func:`training_path` makes ``model(x)`` take that path while it is active;
-``vitkit train`` and the training benchmarks wrap each forward pass in it. The model's class, parameters and state
-dict stay the reference model's, so checkpoints, EMA copies and ``vitkit.optimize`` see a plain model.
+:func:`vitkit.optimize` rewrites a model for inference. A training step can be faster too where the logits and
+gradients stay the reference model's:
+
+* ViT with a [CLS] head: the head reads that row alone, so the last block needs only the [CLS] query, and the
+  projection and MLP of one token instead of 1 + N; keys and values still come from every token (what the inference
+  engine's last block does, here with the reference ops, dropout and stochastic depth, so autograd runs through it);
+* Swin, CPU float32: each block's (shifted) window attention in the native kernel with its backward pass
+  (:func:`vitkit.kernels.window_attention.window_attention_trainable`): the shift, the window partition and its
+  reverse are index arithmetic, and the window-sized matmuls stay in L1, where PyTorch runs them as thousands of
+  tiny batched matmuls with copies around them. Gradients reach q / k / v and the relative-position bias table.
+
+:func:`training_path` makes ``model(x)`` take these paths while it is active; ``vitkit train`` and the training
+benchmarks wrap each forward pass in it. It swaps instance ``forward`` methods only while active, so the model's
+class, parameters and state dict stay the reference model's: checkpoints, EMA copies and ``vitkit.optimize`` see a
+plain model.
 """
 
 import types
@@ -18,9 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitkit.engine.conditions import is_tracing, native_call
 from vitkit.engine.model import has_hooks
+from vitkit.kernels import window_attention as window_kernel
 from vitkit.layers import attention
-from vitkit.models import vit
+from vitkit.models import swin, vit
+from vitkit.models.base import VisionModel
+from vitkit.settings import native_kernels_enabled
 
 
 def vit_cls_row(block: vit.Block, x: torch.Tensor) -> torch.Tensor:  # (B, 1+N, D) -> (B, 1, D)
@@ -56,30 +68,64 @@ def _vit_cls_row_forward(self: vit.VisionTransformer, x: torch.Tensor) -> torch.
     return self.forward_head(self.norm(x))
 
 
-def cls_row_forward(model: nn.Module):
-    """The shortcut ``forward`` for ``model``, or None where none applies (not a ViT with a [CLS] head)."""
-    if not isinstance(model, vit.VisionTransformer) or type(model).forward is not vit.VisionTransformer.forward:
-        return None  # another family, or a subclass with its own forward (an optimized model has its own path)
-    cfg = model.config
-    if not (cfg.class_token and cfg.global_pool == "token" and len(model.blocks)):
-        return None
-    return _vit_cls_row_forward
+def _swin_block_forward(self: swin.SwinBlock, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
+    """``forward`` of a Swin block with its window attention in the native kernel (reference path elsewhere)."""
+    a = self.attn
+    _, H, W, C = x.shape
+    window, shift = swin.window_and_shift(H, W, self.window_size, self.shift_size)
+    dropout = a.training and a.attn_drop > 0  # the kernel has none
+    if dropout or not native_call(x) or is_tracing() or a.record_attention or has_hooks((a,)):
+        return type(self).forward(self, x)  # (a hook on the attention module would not fire here)
+    if not window_kernel.supports(C, a.num_heads, window):
+        return type(self).forward(self, x)
+    shortcut, y = x, self.norm1(x)
+    pad_b, pad_r = (-H) % window, (-W) % window
+    if pad_b or pad_r:  # zero tokens right / bottom to whole windows, as the reference block
+        y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
+    bias = a.relative_position_bias(window)  # (heads, n, n): autograd reaches the table
+    if shift:
+        mask = swin.shift_mask(H + pad_b, W + pad_r, window, shift, y.device, bias.dtype)  # (nW, n, n)
+        bias = (mask.unsqueeze(1) + bias).flatten(0, 1)  # (nW * heads, n, n)
+    n = window * window
+    bias = F.pad(bias, (0, window_kernel.padded_width(n) - n), value=float("-inf"))
+    out = window_kernel.window_attention_trainable(a.qkv(y), bias, a.num_heads, window, shift, a.scale)
+    x = shortcut + self.drop_path1(a.proj_drop(a.proj(out[:, :H, :W])))
+    return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+def shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
+    """(module, the ``forward`` it takes on the training path) for each shortcut that applies to ``model``."""
+    if type(model).forward is not VisionModel.forward:
+        return []  # a subclass with its own forward (an optimized model has its own paths), or not a vitkit model
+    if isinstance(model, vit.VisionTransformer):
+        cls_head = model.config.class_token and model.config.global_pool == "token" and len(model.blocks) > 0
+        return [(model, _vit_cls_row_forward)] if cls_head else []
+    if isinstance(model, swin.SwinTransformer):
+        if any(getattr(m, "grad_checkpointing", False) for m in model.modules()):
+            return []  # a checkpointed block is recomputed after the path is gone: it must run the same ops
+        if not native_kernels_enabled() or window_kernel.library() is None:
+            return []
+        return [(m, _swin_block_forward) for m in model.modules() if type(m) is swin.SwinBlock]
+    return []
 
 
 @contextmanager
 def training_path(model: nn.Module) -> Iterator[bool]:
-    """While active, ``model(x)`` computes its logits through the exact shortcuts (yields whether one applies).
+    """While active, ``model(x)`` trains through the exact shortcuts that apply to it (yields whether any does).
 
-    Calls through a wrapper (DDP, ``torch.compile``) reach it too: it replaces the instance's ``forward``, which
-    ``model.__call__`` reads. Forward hooks on the last block or the final norm, recorded attention, and
-    ``forward_features`` / ``forward_intermediates`` get every token as before.
+    Calls through a wrapper (DDP, ``torch.compile``) reach them too: they replace instance ``forward`` methods,
+    which ``__call__`` reads. Each steps aside where it would change what someone sees: forward hooks on the modules
+    it skips or shortens, recorded attention maps; ``forward_features`` / ``forward_intermediates`` of a ViT get every
+    token.
     """
-    forward = cls_row_forward(model)
-    if forward is None or "forward" in vars(model):
+    swaps = shortcuts(model)
+    if not swaps or any("forward" in vars(m) for m, _ in swaps):
         yield False
         return
-    model.forward = types.MethodType(forward, model)
+    for m, forward in swaps:
+        m.forward = types.MethodType(forward, m)
     try:
         yield True
     finally:
-        del model.forward
+        for m, _ in swaps:
+            del m.forward

@@ -1,4 +1,5 @@
-/* Swin's window attention for CPU float32 inference, fused: Q K^T + bias -> softmax -> P V, read and written in place.
+/* Swin's window attention for CPU float32, fused: Q K^T + bias -> softmax -> P V, read and written in place; and its
+ * backward pass for training.
  *
  * Why a kernel: on 7 x 7 windows every matmul is 49 x 49 x 32. PyTorch runs them through SDPA far below the matmul
  * rate (call overhead per window and head dominates), and a Swin block also pays two copies of the token map (window
@@ -14,6 +15,9 @@
  *        at -inf.
  * Windows are read from the map rolled by -shift (as torch.roll(x, (-shift, -shift), (1, 2))) and written
  * back rolled by +shift, so the caller never rolls.
+ *   probs (B * nW, heads, n, n): the softmax weights, written by the forward pass when given (training) and read by
+ *        the backward pass, which writes dqkv (B, H, W, 3C) (every token lies in one window: each written once) and
+ *        dbias (B * nW, heads, n, n), the gradient of the scores, which the caller sums over windows for the bias.
  *
  * vitkit.kernels builds it with -O3 -march=native on first use (vec16.h: vectors, exp, threads).
  */
@@ -21,7 +25,7 @@
 
 typedef struct {
   const float *qkv, *bias;
-  float *out;
+  float *out, *probs; /* probs: NULL in inference */
   long bias_window_stride; /* floats between two windows' biases; 0: one bias for every window */
   int H, W, C, heads, ws, shift, hd, np;
   float scale;
@@ -44,10 +48,11 @@ static inline __attribute__((always_inline)) void scores(const float *const *qr,
 }
 
 /* out[r] = (p_r . V) * p_r[np - 1] (1 / the row sum) over 16 NB channels, for 8 rows of P (rows < live written);
- * V row j at v + off[j], out row r at out + out_off[r] / 3 (token offsets in qkv); 8 x NB accumulators */
+ * V row j at v + off[j], out row r at out + out_off[r] / DIV (token offsets in qkv: DIV 3 for a C-wide map, 1 for
+ * the 3C-wide gradient of qkv); 8 x NB accumulators */
 static inline __attribute__((always_inline)) void weighted_sum(const float *p, const float *v, const long *off,
                                                               const long *out_off, int live, int n, int np,
-                                                              float *out, const int NB) {
+                                                              float *out, const int NB, const int DIV) {
   v16 a[8][2] = {{{0}}};
   for (int j = 0; j < n; j++) {
     v16 x[2];
@@ -56,22 +61,43 @@ static inline __attribute__((always_inline)) void weighted_sum(const float *p, c
       for (int c = 0; c < NB; c++) a[r][c] += p[r * np + j] * x[c];
   }
   for (int r = 0; r < 8 && r < live; r++)
-    for (int c = 0; c < NB; c++) st(out + out_off[r] / 3 + 16 * c, a[r][c] * p[r * np + np - 1]);
+    for (int c = 0; c < NB; c++) st(out + out_off[r] / DIV + 16 * c, a[r][c] * p[r * np + np - 1]);
+}
+
+/* rows [0, nr) of out (np x np) = the transpose of in's n x n corner, zero elsewhere, column np - 1 = last */
+static void transpose_corner(const float *in, float *out, int n, int nr, int np, float last) {
+  for (int i0 = 0; i0 < np; i0 += 16)
+    for (int j0 = 0; j0 < nr; j0 += 16) {
+      v16 r[16];
+      for (int i = 0; i < 16; i++) r[i] = i0 + i < n ? ld(in + (i0 + i) * np + j0) : (v16){};
+      transpose16(r);
+      for (int j = 0; j < 16 && j0 + j < nr; j++) st(out + (j0 + j) * np + i0, r[j]);
+    }
+  for (int j = 0; j < nr; j++) {
+    for (int i = n; i < np; i++) out[j * np + i] = 0.f;
+    out[j * np + np - 1] = last;
+  }
+}
+
+/* token t of the window (b, wi, wj) of the map rolled by -shift -> its offset in qkv (3C floats per token) */
+static void token_offsets(long *off, int task, int H, int W, int C, int ws, int shift) {
+  const int nh = H / ws, nw = W / ws, n = ws * ws;
+  const int b = task / (nh * nw), wi = (task / nw) % nh, wj = task % nw;
+  for (int t = 0; t < n; t++) {
+    int y = (wi * ws + t / ws + shift) % H, x = (wj * ws + t % ws + shift) % W;
+    off[t] = ((long)(b * H + y) * W + x) * 3 * C;
+  }
 }
 
 /* one window, all heads; scratch: kT (hd x np), S (np x np), the n tokens' offsets in qkv */
 static void run_window(const void *ctx, int task, float *buf) {
   const job_t *J = (const job_t *)ctx;
   const int ws = J->ws, n = ws * ws, np = J->np, hd = J->hd, C = J->C, H = J->H, W = J->W;
-  const int nh = H / ws, nw = W / ws;
-  const int b = task / (nh * nw), wi = (task / nw) % nh, wj = task % nw;
+  const int nw = W / ws, wi = (task / nw) % (H / ws), wj = task % nw;
   const int nr = (n + 7) / 8 * 8; /* rows computed: whole blocks of 8 (np >= nr: np is a multiple of 16 above n) */
   float *kT = buf, *s = kT + (size_t)hd * np;
   long *off = (long *)(s + (size_t)np * np);
-  for (int t = 0; t < n; t++) { /* token t of the rolled window -> its offset in qkv (3C floats per token) */
-    int y = (wi * ws + t / ws + J->shift) % H, x = (wj * ws + t % ws + J->shift) % W;
-    off[t] = ((long)(b * H + y) * W + x) * 3 * C;
-  }
+  token_offsets(off, task, H, W, C, ws, J->shift);
   const float *bias_w = J->bias + J->bias_window_stride * (wi * nw + wj);
   for (int h = 0; h < J->heads; h++) {
     const float *q = J->qkv + (size_t)h * hd, *k = q + C, *v = q + 2 * C; /* token t's: + off[t] */
@@ -108,24 +134,122 @@ static void run_window(const void *ctx, int task, float *buf) {
       }
       si[np - 1] = 1.f / hsum(sum);
     }
+    if (J->probs) { /* training: the weights, normalised, for the backward pass */
+      float *p = J->probs + ((size_t)task * J->heads + h) * n * n;
+      for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) p[i * n + j] = s[i * np + j] * s[i * np + np - 1];
+    }
     /* O = P V / sum: 8 rows x 32 channels at a time, each row written at its token's place in the map */
     float *out = J->out + (size_t)h * hd;
     for (int i0 = 0; i0 < nr; i0 += 8)
       for (int d0 = 0; d0 < hd; d0 += 32) {
-        if (hd - d0 >= 32) weighted_sum(s + i0 * np, v + d0, off, off + i0, n - i0, n, np, out + d0, 2);
-        else weighted_sum(s + i0 * np, v + d0, off, off + i0, n - i0, n, np, out + d0, 1);
+        if (hd - d0 >= 32) weighted_sum(s + i0 * np, v + d0, off, off + i0, n - i0, n, np, out + d0, 2, 3);
+        else weighted_sum(s + i0 * np, v + d0, off, off + i0, n - i0, n, np, out + d0, 1, 3);
       }
   }
 }
 
 /* Returns 0 on success, 1 for a shape this kernel does not handle, 2 when memory ran out.
  * The caller checks shapes and strides; H and W are multiples of ws, 0 <= shift < ws. */
-int vk_window_attention(const float *qkv, float *out, const float *bias, int per_window, int B, int H, int W,
-                        int C, int heads, int ws, int shift, float scale, int nthreads) {
+int vk_window_attention(const float *qkv, float *out, float *probs, const float *bias, int per_window, int B, int H,
+                        int W, int C, int heads, int ws, int shift, float scale, int nthreads) {
   if (heads <= 0 || C % heads || ws <= 0 || H % ws || W % ws) return 1;
   const int hd = C / heads, n = ws * ws, np = n / 16 * 16 + 16;
   if (hd % 16 || n > 1024) return 1;
-  const job_t job = {qkv, bias, out, per_window ? (long)heads * n * np : 0, H, W, C, heads, ws, shift, hd, np, scale};
+  const job_t job = {qkv, bias, out, probs, per_window ? (long)heads * n * np : 0, H, W, C, heads, ws, shift, hd, np,
+                     scale};
   const size_t scratch = (size_t)hd * np + (size_t)np * np + 2 * (size_t)n; /* the offsets: n longs */
   return run_parallel(B * (H / ws) * (W / ws), nthreads, scratch, run_window, &job);
+}
+
+/* --- the backward pass -------------------------------------------------------------------------------------------
+ * Per window and head, with P the saved weights and dO the output's gradient (rows at the window's tokens):
+ *   dP = dO V^T;  dS = P * (dP - rowsum(P * dP)) (the scores' gradient: also the bias's, per window);
+ *   dQ = scale dS K;  dK = scale dS^T Q;  dV = P^T dO.
+ * The same register blocks as the forward pass: dP as the scores (dO for Q, V for K, a zero bias), the three
+ * products as weighted sums whose spare column holds the factor (scale, or 1). */
+typedef struct {
+  const float *qkv, *probs, *dout, *zeros;
+  float *dqkv, *dbias;
+  int H, W, C, heads, ws, shift, hd, np;
+  float scale;
+} back_t;
+
+static void run_window_backward(const void *ctx, int task, float *buf) {
+  const back_t *J = (const back_t *)ctx;
+  const int ws = J->ws, n = ws * ws, np = J->np, hd = J->hd, C = J->C;
+  const int nr = (n + 7) / 8 * 8;
+  float *vT = buf, *p = vT + (size_t)hd * np, *ds = p + (size_t)np * np, *t = ds + (size_t)np * np;
+  long *off = (long *)(t + (size_t)np * np), *off_out = off + n; /* token offsets in qkv, in dout (C per token) */
+  token_offsets(off, task, J->H, J->W, C, ws, J->shift);
+  for (int i = 0; i < n; i++) off_out[i] = off[i] / 3;
+  for (int h = 0; h < J->heads; h++) {
+    const float *q = J->qkv + (size_t)h * hd, *k = q + C, *v = q + 2 * C, *dout = J->dout + (size_t)h * hd;
+    float *dq = J->dqkv + (size_t)h * hd, *dk = dq + C, *dv = dq + 2 * C;
+    const float *ph = J->probs + ((size_t)task * J->heads + h) * n * n;
+    float *dsh = J->dbias + ((size_t)task * J->heads + h) * n * n;
+    for (int i = 0; i < nr; i++) /* P padded to np columns (zeros past n); rows past n zero */
+      for (int j = 0; j < np; j++) p[i * np + j] = i < n && j < n ? ph[i * n + j] : 0.f;
+    for (int t0 = 0; t0 < np; t0 += 16) /* V (n x hd) -> vT (hd x np); columns >= n zero */
+      for (int d0 = 0; d0 < hd; d0 += 16) {
+        v16 r[16];
+        for (int i = 0; i < 16; i++) r[i] = t0 + i < n ? ld(v + off[t0 + i] + d0) : (v16){};
+        transpose16(r);
+        for (int i = 0; i < 16; i++) st(vT + (d0 + i) * np + t0, r[i]);
+      }
+    for (int i0 = 0; i0 < nr; i0 += 4) { /* dP = dO V^T */
+      const float *qr[4], *br[4];
+      for (int r = 0; r < 4; r++) {
+        qr[r] = dout + off_out[i0 + r < n ? i0 + r : n - 1];
+        br[r] = J->zeros;
+      }
+      int j0 = 0;
+      for (; j0 + 64 <= np; j0 += 64) scores(qr, br, vT, ds + i0 * np, j0, hd, np, 1.f, 4);
+      for (; j0 < np; j0 += 16) scores(qr, br, vT, ds + i0 * np, j0, hd, np, 1.f, 1);
+    }
+    for (int i = 0; i < nr; i++) { /* dS = P (dP - rowsum(P dP)), kept for the bias; spare column: scale */
+      float *di = ds + i * np;
+      const float *pi = p + i * np;
+      v16 acc = {0};
+      for (int j0 = 0; j0 < np; j0 += 16) acc += ld(pi + j0) * ld(di + j0);
+      const float dot = hsum(acc);
+      for (int j0 = 0; j0 < np; j0 += 16) st(di + j0, ld(pi + j0) * (ld(di + j0) - dot));
+      if (i < n)
+        for (int j = 0; j < n; j++) dsh[i * n + j] = di[j];
+      di[np - 1] = J->scale;
+    }
+    for (int i0 = 0; i0 < nr; i0 += 8) /* dQ = scale dS K */
+      for (int d0 = 0; d0 < hd; d0 += 32) {
+        if (hd - d0 >= 32) weighted_sum(ds + i0 * np, k + d0, off, off + i0, n - i0, n, np, dq + d0, 2, 1);
+        else weighted_sum(ds + i0 * np, k + d0, off, off + i0, n - i0, n, np, dq + d0, 1, 1);
+      }
+    transpose_corner(ds, t, n, nr, np, J->scale); /* dK = scale dS^T Q */
+    for (int i0 = 0; i0 < nr; i0 += 8)
+      for (int d0 = 0; d0 < hd; d0 += 32) {
+        if (hd - d0 >= 32) weighted_sum(t + i0 * np, q + d0, off, off + i0, n - i0, n, np, dk + d0, 2, 1);
+        else weighted_sum(t + i0 * np, q + d0, off, off + i0, n - i0, n, np, dk + d0, 1, 1);
+      }
+    transpose_corner(p, t, n, nr, np, 1.f); /* dV = P^T dO */
+    for (int i0 = 0; i0 < nr; i0 += 8)
+      for (int d0 = 0; d0 < hd; d0 += 32) {
+        if (hd - d0 >= 32) weighted_sum(t + i0 * np, dout + d0, off_out, off + i0, n - i0, n, np, dv + d0, 2, 1);
+        else weighted_sum(t + i0 * np, dout + d0, off_out, off + i0, n - i0, n, np, dv + d0, 1, 1);
+      }
+  }
+}
+
+/* Returns 0, 1 for a shape this kernel does not handle, 2 when memory ran out. dout: (B, H, W, C) contiguous. */
+int vk_window_attention_backward(const float *qkv, const float *probs, const float *dout, float *dqkv, float *dbias,
+                                 int B, int H, int W, int C, int heads, int ws, int shift, float scale,
+                                 int nthreads) {
+  if (heads <= 0 || C % heads || ws <= 0 || H % ws || W % ws) return 1;
+  const int hd = C / heads, n = ws * ws, np = n / 16 * 16 + 16;
+  if (hd % 16 || n > 1024) return 1;
+  float *zeros = calloc((size_t)np, sizeof(float));
+  if (!zeros) return 2;
+  const back_t job = {qkv, probs, dout, zeros, dqkv, dbias, H, W, C, heads, ws, shift, hd, np, scale};
+  const size_t scratch = (size_t)hd * np + 3 * (size_t)np * np + 4 * (size_t)n; /* + 2 x n longs of offsets */
+  const int rc = run_parallel(B * (H / ws) * (W / ws), nthreads, scratch, run_window_backward, &job);
+  free(zeros);
+  return rc;
 }
