@@ -26,24 +26,28 @@ def step(model: torch.nn.Module, x: torch.Tensor, seed: int = 1) -> tuple[torch.
     return logits.detach(), [p.grad for p in model.parameters()]
 
 
+def same_step_both_ways(model: torch.nn.Module, x: torch.Tensor, atol: float = 1e-6) -> bool:
+    """One step of ``model`` and of a copy on the training path give the same logits and every gradient; returns
+    whether a shortcut applied. Leaves the copy's ``forward`` methods as they were."""
+    shortcut = copy.deepcopy(model)
+    ref_logits, ref_grads = step(model, x)
+    with training_path(shortcut) as applies:
+        logits, grads = step(shortcut, x)
+    torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=1e-5)
+    assert all(g is not None for g in grads)  # every parameter still gets its gradient (DDP needs them all)
+    for g, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, ref, atol=atol, rtol=1e-4)
+    assert not any("forward" in vars(m) for m in shortcut.modules())  # the reference model again
+    return applies
+
+
 @pytest.mark.parametrize(
     "changes",
     [dict(), dict(drop_path_rate=0.3), dict(qkv_bias=False), dict(depth=1)],
     ids=["plain", "drop-path", "no-qkv-bias", "one-block"],  # drop path draws one number per image either way
 )
 def test_vit_cls_head_trains_through_the_last_blocks_cls_row_with_the_same_numbers(changes):
-    model = tiny("vit", **changes)
-    x = torch.randn(3, 3, 32, 32)
-    shortcut = copy.deepcopy(model)
-    ref_logits, ref_grads = step(model, x)
-    with training_path(shortcut) as applies:
-        logits, grads = step(shortcut, x)
-    assert applies
-    torch.testing.assert_close(logits, ref_logits, atol=1e-6, rtol=1e-5)
-    assert all(g is not None for g in grads)  # every parameter still gets its gradient (DDP needs them all)
-    for g, ref in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, ref, atol=1e-6, rtol=1e-4)
-    assert "forward" not in vars(shortcut)  # the model is the reference model again
+    assert same_step_both_ways(tiny("vit", **changes), torch.randn(3, 3, 32, 32))
 
 
 def test_a_replaced_qkv_layer_still_gives_the_same_numbers():
@@ -56,14 +60,7 @@ def test_a_replaced_qkv_layer_still_gives_the_same_numbers():
     model = tiny("vit")
     old = model.blocks[-1].attn.qkv
     model.blocks[-1].attn.qkv = Adapted(old.in_features, old.out_features)
-    x = torch.randn(2, 3, 32, 32)
-    shortcut = copy.deepcopy(model)
-    ref_logits, ref_grads = step(model, x)
-    with training_path(shortcut):
-        logits, grads = step(shortcut, x)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-6, rtol=1e-5)
-    for g, ref in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, ref, atol=1e-6, rtol=1e-4)
+    assert same_step_both_ways(model, torch.randn(2, 3, 32, 32))
 
 
 def test_dropout_stays_on_in_training_and_off_in_eval():
@@ -83,15 +80,9 @@ def test_gradient_checkpointing_and_autocast_follow_the_shortcut():
     model = tiny("vit")
     model.set_grad_checkpointing(True)
     x = torch.randn(2, 3, 32, 32)
-    shortcut = copy.deepcopy(model)
-    ref_logits, ref_grads = step(model, x)
-    with training_path(shortcut):
-        logits, grads = step(shortcut, x)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-6, rtol=1e-5)
-    for g, ref in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, ref, atol=1e-6, rtol=1e-4)
-    with torch.autocast("cpu", dtype=torch.bfloat16), training_path(shortcut):
-        assert shortcut(x).shape == (2, 5)
+    assert same_step_both_ways(model, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16), training_path(model):
+        assert model(x).shape == (2, 5)
 
 
 @pytest.mark.parametrize(
@@ -180,18 +171,10 @@ def test_swin_trains_through_the_window_kernel_with_the_same_numbers(changes, im
     for m in model.modules():  # a bias that matters
         if hasattr(m, "relative_position_bias_table"):
             torch.nn.init.normal_(m.relative_position_bias_table, std=0.5)
-    x = torch.randn(2, 3, img, img)
-    shortcut = copy.deepcopy(model)
-    ref_logits, ref_grads = step(model, x)
     before = kernel_calls()
-    with training_path(shortcut) as applies:
-        logits, grads = step(shortcut, x)
+    assert same_step_both_ways(model, torch.randn(2, 3, img, img), atol=1e-5)
     after = kernel_calls()
-    assert applies and after[0] > before[0] and after[1] > before[1]  # the kernel ran, both ways
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    for g, ref in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)
-    assert not any("forward" in vars(m) for m in shortcut.modules())
+    assert after[0] > before[0] and after[1] > before[1]  # the kernel ran, both ways
 
 
 @needs_kernel

@@ -79,6 +79,17 @@ static void transpose_corner(const float *in, float *out, int n, int nr, int np,
   }
 }
 
+/* rows (n x hd, row t at src + off[t]) -> dst (hd x np): their transpose, columns >= n zero */
+static void transpose_rows(const float *src, const long *off, float *dst, int n, int np, int hd) {
+  for (int t0 = 0; t0 < np; t0 += 16)
+    for (int d0 = 0; d0 < hd; d0 += 16) {
+      v16 r[16];
+      for (int i = 0; i < 16; i++) r[i] = t0 + i < n ? ld(src + off[t0 + i] + d0) : (v16){};
+      transpose16(r);
+      for (int i = 0; i < 16; i++) st(dst + (d0 + i) * np + t0, r[i]);
+    }
+}
+
 /* token t of the window (b, wi, wj) of the map rolled by -shift -> its offset in qkv (3C floats per token) */
 static void token_offsets(long *off, int task, int H, int W, int C, int ws, int shift) {
   const int nh = H / ws, nw = W / ws, n = ws * ws;
@@ -102,13 +113,7 @@ static void run_window(const void *ctx, int task, float *buf) {
   for (int h = 0; h < J->heads; h++) {
     const float *q = J->qkv + (size_t)h * hd, *k = q + C, *v = q + 2 * C; /* token t's: + off[t] */
     const float *bias = bias_w + (size_t)h * n * np;
-    for (int t0 = 0; t0 < np; t0 += 16) /* K (n x hd) -> kT (hd x np); columns >= n zero */
-      for (int d0 = 0; d0 < hd; d0 += 16) {
-        v16 r[16];
-        for (int i = 0; i < 16; i++) r[i] = t0 + i < n ? ld(k + off[t0 + i] + d0) : (v16){};
-        transpose16(r);
-        for (int i = 0; i < 16; i++) st(kT + (d0 + i) * np + t0, r[i]);
-      }
+    transpose_rows(k, off, kT, n, np, hd); /* K (n x hd) -> kT (hd x np) */
     /* S = scale Q K^T + bias: 4 rows x 64 columns at a time */
     for (int i0 = 0; i0 < nr; i0 += 4) {
       const float *qr[4], *br[4];
@@ -190,13 +195,7 @@ static void run_window_backward(const void *ctx, int task, float *buf) {
     float *dsh = J->dbias + ((size_t)task * J->heads + h) * n * n;
     for (int i = 0; i < nr; i++) /* P padded to np columns (zeros past n); rows past n zero */
       for (int j = 0; j < np; j++) p[i * np + j] = i < n && j < n ? ph[i * n + j] : 0.f;
-    for (int t0 = 0; t0 < np; t0 += 16) /* V (n x hd) -> vT (hd x np); columns >= n zero */
-      for (int d0 = 0; d0 < hd; d0 += 16) {
-        v16 r[16];
-        for (int i = 0; i < 16; i++) r[i] = t0 + i < n ? ld(v + off[t0 + i] + d0) : (v16){};
-        transpose16(r);
-        for (int i = 0; i < 16; i++) st(vT + (d0 + i) * np + t0, r[i]);
-      }
+    transpose_rows(v, off, vT, n, np, hd); /* V (n x hd) -> vT (hd x np) */
     for (int i0 = 0; i0 < nr; i0 += 4) { /* dP = dO V^T */
       const float *qr[4], *br[4];
       for (int r = 0; r < 4; r++) {
