@@ -10,6 +10,11 @@ gradients stay the reference model's:
   (:func:`vitkit.kernels.window_attention.window_attention_trainable`): the shift, the window partition and its
   reverse are index arithmetic, and the window-sized matmuls stay in L1, where PyTorch runs them as thousands of
   tiny batched matmuls with copies around them. Gradients reach q / k / v and the relative-position bias table.
+* CvT under CPU bf16 autocast: the strided depthwise convolutions of the key / value projections (and their
+  BatchNorm) in float32. PyTorch's bf16 backward of a strided depthwise convolution on the CPU is an order of
+  magnitude slower than the float32 one (benchmarks/README.md); float32 there is the more precise of the two, so
+  the numbers differ from the plain autocast pass by bf16 rounding, not more. The other shortcuts match the plain
+  pass to float rounding.
 
 :func:`training_path` makes ``model(x)`` take these paths while it is active; ``vitkit train`` and the training
 benchmarks wrap each forward pass in it. It swaps instance ``forward`` methods only while active, so the model's
@@ -30,9 +35,10 @@ from vitkit.engine.conditions import is_tracing, native_call
 from vitkit.engine.model import has_hooks
 from vitkit.kernels import window_attention as window_kernel
 from vitkit.layers import attention
-from vitkit.models import swin, vit
+from vitkit.models import cvt, swin, vit
 from vitkit.models.base import VisionModel
 from vitkit.settings import native_kernels_enabled
+from vitkit.utils.autocast import autocast_dtype
 
 
 def vit_cls_row(block: vit.Block, x: torch.Tensor) -> torch.Tensor:  # (B, 1+N, D) -> (B, 1, D)
@@ -93,6 +99,14 @@ def _swin_block_forward(self: swin.SwinBlock, x: torch.Tensor) -> torch.Tensor: 
     return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
+def _cvt_strided_projection_forward(self: cvt.ConvProj, x: torch.Tensor) -> torch.Tensor:
+    """``forward`` of a strided key / value projection: in float32 under CPU bf16 autocast (reference elsewhere)."""
+    if x.device.type != "cpu" or autocast_dtype("cpu") != torch.bfloat16:
+        return type(self).forward(self, x)
+    with torch.autocast("cpu", enabled=False):
+        return type(self).forward(self, x.float())  # (B, h*w, C) float32; the linears after it cast to bf16
+
+
 def shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
     """(module, the ``forward`` it takes on the training path) for each shortcut that applies to ``model``."""
     if type(model).forward is not VisionModel.forward:
@@ -106,6 +120,11 @@ def shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
         if not native_kernels_enabled() or window_kernel.library() is None:
             return []
         return [(m, _swin_block_forward) for m in model.modules() if type(m) is swin.SwinBlock]
+    if isinstance(model, cvt.CvT):
+        if any(getattr(m, "grad_checkpointing", False) for m in model.modules()):
+            return []  # a recomputed block must run the same ops in the same dtypes
+        strided = [m for m in model.modules() if type(m) is cvt.ConvProj and max(m.conv.stride) > 1]
+        return [(m, _cvt_strided_projection_forward) for m in strided]
     return []
 
 
