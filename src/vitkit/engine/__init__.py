@@ -37,9 +37,10 @@ reference's numbers to float rounding everywhere. It is inference-only: ``train(
 ``model.optimization`` says what was done (``.summary()``). The switches are the fields of
 :class:`vitkit.settings.EngineSettings`.
 
-Training has exact shortcuts too, :func:`training_path` (:mod:`vitkit.engine.training`): while it is active a ViT
-with a [CLS] head computes its last block's [CLS] row alone, and Swin (CPU float32) runs each window attention in the
-native kernel with its backward pass; ``vitkit train`` takes them on every step. The model stays the reference model.
+Training has shortcuts too, :func:`training_path` (:mod:`vitkit.engine.training`): while it is active a ViT with a
+[CLS] head computes its last block's [CLS] row alone, Swin (CPU float32) runs each window attention in the native
+kernel with its backward pass, and CvT under CPU bf16 autocast runs its strided depthwise projections in float32;
+``vitkit train`` takes them on every step. The model stays the reference model.
 """
 
 import copy

@@ -1,7 +1,7 @@
-"""Training with the engine's exact shortcuts: the reference model's own modules, parameters and state dict.
+"""Training with the engine's shortcuts: the reference model's own modules, parameters and state dict.
 
-:func:`vitkit.optimize` rewrites a model for inference. A training step can be faster too where the logits and
-gradients stay the reference model's:
+:func:`vitkit.optimize` rewrites a model for inference. A training step can be faster too, with the reference
+model's logits and gradients:
 
 * ViT with a [CLS] head: the head reads that row alone, so the last block needs only the [CLS] query, and the
   projection and MLP of one token instead of 1 + N; keys and values still come from every token (what the inference
@@ -130,7 +130,7 @@ def shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
 
 @contextmanager
 def training_path(model: nn.Module) -> Iterator[bool]:
-    """While active, ``model(x)`` trains through the exact shortcuts that apply to it (yields whether any does).
+    """While active, ``model(x)`` trains through the shortcuts that apply to it (yields whether any does).
 
     Calls through a wrapper (DDP, ``torch.compile``) reach them too: they replace instance ``forward`` methods,
     which ``__call__`` reads. Each steps aside where it would change what someone sees: forward hooks on the modules
