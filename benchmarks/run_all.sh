@@ -22,9 +22,10 @@ uptime
 # 1c. the native kernels per shape against PyTorch, and one engine swap in the whole model
 python benchmarks/kernels.py --threads 2 --batch-size 8 --rounds 7 --out "$OUT"
 python benchmarks/engine_ab.py swin_tiny_patch4_window7_224 micro_batch_bytes=0 --batch-size 8 --rounds 15 --threads 2
-# 1d. the engine's training shortcut (a ViT's last block on its [CLS] row) against the plain training step
-python benchmarks/training_path.py vit_base_patch16_224 vit_small_patch16_224 --batch-size 4 --rounds 6 --threads 2 \
-    --out "$OUT/training-path"
+# 1d. the engine's training shortcuts against the plain training step; why CvT's strided projections train in fp32
+python benchmarks/training_path.py vit_base_patch16_224 vit_small_patch16_224 swin_tiny_patch4_window7_224 \
+    cvt_13_224 --batch-size 4 --rounds 6 --threads 2 --out "$OUT/training-path"
+python benchmarks/depthwise_conv.py --batch-size 32 --threads 2 > "$OUT/depthwise_conv_cpu_t2_b32.md"
 uptime
 # 2. scaling with image size, 224 -> 1024 px
 python benchmarks/scaling.py --threads 2 --budget 540 --max-seconds 40 --out "$OUT"
