@@ -250,6 +250,20 @@ def test_cvt_strided_projections_run_in_float32_under_bf16_autocast_only():
     assert distance(grads, ref_grads) <= 1.5 * distance(plain_grads, ref_grads) + 1e-3
 
 
+def test_cvt_with_bf16_weights_keeps_the_plain_projections():
+    """Weights already in bf16 (a cast model, or FSDP's mixed precision): the reference projection, no dtype clash."""
+    model = tiny("cvt").to(torch.bfloat16)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(0)
+        ref = model(x)
+        with training_path(model) as applies:
+            torch.manual_seed(0)
+            out = model(x)
+    assert applies
+    torch.testing.assert_close(out, ref)
+
+
 def test_cvt_with_gradient_checkpointing_keeps_its_forward():
     model = tiny("cvt")
     model.set_grad_checkpointing(True)

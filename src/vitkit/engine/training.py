@@ -101,8 +101,8 @@ def _swin_block_forward(self: swin.SwinBlock, x: torch.Tensor) -> torch.Tensor: 
 
 def _cvt_strided_projection_forward(self: cvt.ConvProj, x: torch.Tensor) -> torch.Tensor:
     """``forward`` of a strided key / value projection: in float32 under CPU bf16 autocast (reference elsewhere)."""
-    if x.device.type != "cpu" or autocast_dtype("cpu") != torch.bfloat16:
-        return type(self).forward(self, x)
+    if x.device.type != "cpu" or autocast_dtype("cpu") != torch.bfloat16 or self.conv.weight.dtype != torch.float32:
+        return type(self).forward(self, x)  # (bf16 weights: a model cast, or FSDP's mixed precision gathering them)
     with torch.autocast("cpu", enabled=False):
         return type(self).forward(self, x.float())  # (B, h*w, C) float32; the linears after it cast to bf16
 
