@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -36,11 +37,20 @@ def _run(cfg: dict, kill_at: int = 0) -> subprocess.CompletedProcess:
     )
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize(
+    "model, model_args",
+    [
+        ("vit_tiny_patch4_28", "depth=2,embed_dim=32,num_heads=2"),  # depth 2: block 1 has drop-path 0.3 (RNG in use)
+        # Swin trains through the native window-attention kernel where it builds (the training path)
+        ("swin_nano_patch2_window7_28", "embed_dim=32,depths=(2,),num_heads=(2,),window_size=4"),
+    ],
+    ids=["vit", "swin"],
+)
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, model, model_args):
     # 96 samples / batch 16 = 6 batches per epoch, accumulation 2 -> 3 steps per epoch, 3 epochs = 9 steps.
     # Everything stateful is on: drop-path noise, EMA, mixup/cutmix, TrivialAugment, warm-up + cosine.
     cfg = dict(TINY, max_train_samples=96, epochs=3, accum_steps=2, drop_path_rate=0.3, ema_decay=0.8)
-    cfg["model_args"] = "depth=2,embed_dim=32,num_heads=2"  # depth 2: block 1 has drop-path 0.3 (RNG in use)
+    cfg |= dict(model=model, model_args=model_args)
     cfg |= dict(aug="trivialaugment", mixup=0.4, cutmix=1.0, checkpoint_every_steps=2)
     straight = _run({**cfg, "output_dir": str(tmp_path / "straight")})
     assert straight.returncode == 0, straight.stderr
