@@ -468,7 +468,7 @@ def _train(
                 ddp = isinstance(net, DistributedDataParallel)
                 sync = net.no_sync() if ddp and not last_in_group else nullcontext()
                 with sync:
-                    # the engine's exact shortcuts (a ViT's last block on its [CLS] row); compile traces its own
+                    # the engine's training shortcuts (vitkit.engine.training); a compiled model traces its own
                     with autocast(device, cfg.amp), training_path(model) if not cfg.compile else nullcontext():
                         logits = fwd(x)
                     loss = soft_cross_entropy(logits, target)
