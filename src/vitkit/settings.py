@@ -8,6 +8,9 @@ Environment variables are read when they are used, so a script or a test may set
   It is used only while it is the user's own private folder (owned by them, not writable by group or others);
   otherwise the kernels are built in a private temporary folder for the process, with a warning.
 * ``CC``: the C compiler for the kernels (default: the first of ``cc``, ``gcc``, ``clang`` on ``PATH``).
+* ``VITKIT_KERNEL_ARCH``: the compiler's target flags for the kernels instead of ``-march=native``, e.g.
+  ``-march=x86-64-v3`` (AVX2, no AVX-512) to build what a CPU without AVX-512 would run, or to work around a
+  compiler that misdetects this CPU. Default: unset (``-march=native``, else ``-mcpu=native``, else none).
 * ``VITKIT_MALLOC``: glibc malloc preset of the ``vitkit`` command, ``tuned`` (default), ``pinned`` or ``default``
   (:mod:`vitkit.engine.malloc`).
 * ``VITKIT_DEBUG``: ``1`` and the command line shows tracebacks instead of one-line errors.
@@ -64,6 +67,17 @@ def kernel_cache_dir() -> Path:
 
 def c_compiler_name() -> str | None:
     return os.environ.get("CC", "").strip() or None
+
+
+def kernel_arch_flags() -> tuple[str, ...] | None:
+    """``$VITKIT_KERNEL_ARCH`` split into compiler flags; None when unset. Only ``-m...`` flags are taken."""
+    value = os.environ.get("VITKIT_KERNEL_ARCH", "").strip()
+    if not value:
+        return None
+    flags = tuple(value.split())
+    if bad := [f for f in flags if not f.startswith("-m")]:
+        raise VitkitError(f"VITKIT_KERNEL_ARCH={value!r}: only target flags (-m...) are allowed, not {bad[0]!r}")
+    return flags
 
 
 @dataclass(frozen=True)

@@ -232,3 +232,31 @@ def test_kernels_are_optional_everywhere(cache, monkeypatch):
         warnings.simplefilter("always")
         assert native_attention.library() is None and native_window.library() is None
     assert len(caught) == 2 and all("PyTorch path" in str(w.message) for w in caught)
+
+
+@needs_cc
+def test_kernel_arch_builds_with_the_given_target_flags(cache, monkeypatch):
+    """``$VITKIT_KERNEL_ARCH`` replaces ``-march=native``: the build that stands in for an AVX2-only CPU."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86-64 target flags")
+    calls = []
+    real = library._compile
+    monkeypatch.setattr(library, "_compile", lambda cc, args, *rest: calls.append(args) or real(cc, args, *rest))
+    monkeypatch.setenv("VITKIT_KERNEL_ARCH", "-march=x86-64-v3")
+    lib = native_window.library()
+    assert lib is not None and len(calls) == 1 and "-march=x86-64-v3" in calls[0] and "-march=native" not in calls[0]
+    (path,) = built(cache, "window_attention")
+    if shutil.which("objdump"):  # no AVX-512 registers in an x86-64-v3 build
+        assert "zmm" not in subprocess.run(["objdump", "-d", str(path)], capture_output=True, text=True).stdout
+    kernels.forget()
+    monkeypatch.delenv("VITKIT_KERNEL_ARCH")
+    assert native_window.library() is not None and len(calls) == 2  # a native build is a different file
+    assert len(built(cache, "window_attention")) == 2
+
+
+def test_kernel_arch_takes_only_target_flags(cache, monkeypatch):
+    monkeypatch.setenv("VITKIT_KERNEL_ARCH", "-march=x86-64-v3 -o /tmp/elsewhere")
+    monkeypatch.setattr(library, "_compile", lambda *a: pytest.fail("compiled"))
+    with pytest.warns(UserWarning, match="VITKIT_KERNEL_ARCH=.*'-o'"):
+        assert native_window.library() is None
+    assert "only target flags" in kernels.unavailable_reason("window_attention")

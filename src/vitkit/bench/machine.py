@@ -24,6 +24,27 @@ CPU_FEATURES = {
     "neon": "asimd",
 }
 
+# Environment variables that cap the instructions a library may use, so that one machine can stand in for a
+# smaller CPU (oneDNN: the matmuls and fused linears; ATen: PyTorch's vector kernels; MKL; vitkit's C kernels).
+# They are recorded with every result, and the features above are reported as the capped libraries see them.
+ISA_LIMITS = (
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "VITKIT_KERNEL_ARCH",
+)
+# oneDNN's ISA names, in rising order (aliases share a rank), and the lowest one that lets it use each feature
+_ONEDNN_RANK = {
+    **dict.fromkeys(("SSE41", "AVX"), 0),
+    **dict.fromkeys(("AVX2", "AVX2_VNNI", "AVX2_VNNI_2"), 1),
+    **dict.fromkeys(("AVX512_CORE", "AVX512_CORE_VNNI"), 2),
+    "AVX512_CORE_BF16": 3,
+    **dict.fromkeys(("AVX512_CORE_FP16", "AVX10_1_512"), 4),
+    **dict.fromkeys(("AVX512_CORE_AMX", "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16"), 5),
+}
+_ONEDNN_NEEDS = {"avx2": 1, "avx512": 2, "avx512_bf16": 3, "amx_bf16": 5, "amx_int8": 5}
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -49,9 +70,23 @@ def cpu_flags() -> set[str]:
     return set(m.group(2).split()) if m else set()
 
 
+def isa_limits() -> dict[str, str]:
+    """The instruction-set caps set in the environment (:data:`ISA_LIMITS`), by variable."""
+    return {name: value for name in ISA_LIMITS if (value := os.environ.get(name, "").strip())}
+
+
 def cpu_features() -> dict[str, bool]:
+    """The CPU's features as the libraries may use them: its flags, less what an ISA cap in the environment hides."""
     flags = cpu_flags()
-    return {name: flag in flags for name, flag in CPU_FEATURES.items()}
+    features = {name: flag in flags for name, flag in CPU_FEATURES.items()}
+    limits = isa_limits()
+    onednn = limits.get("ONEDNN_MAX_CPU_ISA", limits.get("DNNL_MAX_CPU_ISA", "")).upper()
+    if onednn in _ONEDNN_RANK:
+        for name, rank in _ONEDNN_NEEDS.items():
+            features[name] = features[name] and _ONEDNN_RANK[onednn] >= rank
+    if limits.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+        features["avx512"] = False
+    return features
 
 
 def cpu_supports_bf16() -> bool:
@@ -76,6 +111,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_features": cpu_features(),
         "cpu_bf16": cpu_supports_bf16(),
+        "isa_limits": isa_limits(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "vitkit": __version__,
@@ -94,13 +131,19 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def device_tag(info: dict[str, Any]) -> str:
-    """A short file-name-safe name of the device, e.g. ``cpu-amd-epyc-2c`` or ``cuda-nvidia-h100``."""
+    """A short file-name-safe name of the device, e.g. ``cpu-amd-epyc-2c``, ``cuda-nvidia-h100``; an ISA cap is
+    appended (``...-2c-isa-avx2``) so that capped runs do not overwrite the machine's own."""
+    cap = ""
     if str(info["device"]).startswith("cuda"):
         name, prefix = info.get("gpu", "gpu"), "cuda"
     else:
         name, prefix = f"{info['cpu']} {info['cpu_count']}c", "cpu"
+        limits = info.get("isa_limits") or {}
+        if limits:
+            value = limits.get("ONEDNN_MAX_CPU_ISA") or limits.get("DNNL_MAX_CPU_ISA") or next(iter(limits.values()))
+            cap = "-isa-" + re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return f"{prefix}-{slug}"[:60]
+    return f"{prefix}-{slug}"[: 60 - len(cap)] + cap
 
 
 def load_avg() -> list[float] | None:

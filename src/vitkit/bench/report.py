@@ -77,7 +77,8 @@ def round_range(q: dict[str, Any]) -> str:
 
 def _features(machine: dict[str, Any]) -> str:
     on = [name for name, present in (machine.get("cpu_features") or {}).items() if present]
-    return ", ".join(on) or "none listed"
+    limits = [f"{k}={v}" for k, v in (machine.get("isa_limits") or {}).items()]
+    return (", ".join(on) or "none listed") + (f"; capped: {' '.join(limits)}" if limits else "")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -35,11 +35,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vitkit.errors import VitkitError
-from vitkit.settings import c_compiler_name, kernel_cache_dir
+from vitkit.settings import c_compiler_name, kernel_arch_flags, kernel_cache_dir
 from vitkit.utils.io import sha256_file
 
 SOURCE_DIR = Path(__file__).parent
-ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())  # the first one the compiler accepts
+ARCH_FLAGS = (
+    ("-march=native",),
+    ("-mcpu=native",),
+    (),
+)  # the first one the compiler accepts ($VITKIT_KERNEL_ARCH: that)
 COMPILE_TIMEOUT_S = 120.0
 VERSION_TIMEOUT_S = 30.0
 
@@ -275,7 +279,11 @@ def _build_and_load(
     code = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(SOURCE_DIR.glob("*.h")))
     openmp = ("-fopenmp",) if _uses_libgomp() else ()
     errors = []
-    for flags in ARCH_FLAGS:
+    try:
+        chosen = kernel_arch_flags()
+    except VitkitError as e:
+        return None, str(e)
+    for flags in ARCH_FLAGS if chosen is None else (chosen,):
         args = ("-O3", *flags, *openmp, "-ffp-contract=fast", "-fPIC", "-shared")
         parts = [code, cc.encode(), version.stdout.encode(), " ".join(args).encode(), _cpu_signature().encode()]
         prefix = f"{name}-{hashlib.sha256(bytes(1).join(parts)).hexdigest()[:16]}"
