@@ -9,9 +9,11 @@ from tests.tiny import tiny_overrides
 from vitkit.engine import optimize
 from vitkit.engine import probe as probe_module
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
-from vitkit.engine.probe import MARGIN, LinearProbe, probe_linear
+from vitkit.engine.probe import KERNEL_MARGIN, MARGIN, KernelProbe, LinearProbe, probe_linear
+from vitkit.kernels import call_counts, compiler, reset_call_counts
 
 needs_onednn = pytest.mark.skipif(not HAS_FUSED_LINEAR, reason="PyTorch built without oneDNN")
+needs_cc = pytest.mark.skipif(compiler() is None, reason="no C compiler: no native kernels to probe")
 
 
 def tiny(name: str) -> torch.nn.Module:
@@ -43,8 +45,9 @@ def test_optimize_records_the_probe_and_follows_its_choice(name, monkeypatch):
         ref = model(x)
     fast = optimize(model)
     fc1 = next(m for n, m in model.named_modules() if n.endswith("mlp.fc1"))
-    assert [p.dtype for p in fast.optimization.probes] == ["float32", "bfloat16"][: 1 + HAS_BF16_FUSED_LINEAR]
-    assert all(f"-> {fc1.out_features} + GELU" in p.shape for p in fast.optimization.probes)
+    linears = linear_probes(fast)
+    assert [p.dtype for p in linears] == ["float32", "bfloat16"][: 1 + HAS_BF16_FUSED_LINEAR]
+    assert all(f"-> {fc1.out_features} + GELU" in p.shape for p in linears)
     assert any(line.startswith("probe float32") for line in fast.optimization.lines())
     assert fast.optimization.to_dict()["probes"][0]["use_onednn"] in (True, False)
 
@@ -65,16 +68,21 @@ def test_optimize_records_the_probe_and_follows_its_choice(name, monkeypatch):
     assert all(m.fused for m in unprobed.modules() if hasattr(m, "fused"))
 
 
+def linear_probes(model: torch.nn.Module) -> list[LinearProbe]:
+    return [p for p in model.optimization.probes if isinstance(p, LinearProbe)]
+
+
 def test_no_probe_without_oneDNN_or_with_fused_linear_off(monkeypatch):
     model = tiny("vit_small_patch16_224")
-    assert optimize(model, fused_linear=False).optimization.probes == []
+    assert linear_probes(optimize(model, fused_linear=False)) == []
+    assert optimize(model, fused_linear=False, native_kernels=False).optimization.probes == []
 
     def fail(*args):
         raise AssertionError("no probe expected")
 
     monkeypatch.setattr(vitkit.engine, "probe_linear", fail)
     monkeypatch.setattr(vitkit.engine, "HAS_FUSED_LINEAR", False)
-    assert optimize(model).optimization.probes == []
+    assert linear_probes(optimize(model)) == []
 
 
 def test_probe_module_measures_only_where_onednn_exists(monkeypatch):
@@ -83,3 +91,59 @@ def test_probe_module_measures_only_where_onednn_exists(monkeypatch):
     with pytest.raises(RuntimeError, match="not available"):
         probe_linear(torch.float32, 8, 8, 1)
     probe_linear.cache_clear()
+
+
+# --- the native kernels' probes ------------------------------------------------------------------------------------
+def test_a_kernel_is_dropped_only_where_pytorch_is_clearly_faster():
+    assert KernelProbe("attention", "s", kernel_ms=1.5, torch_ms=1.0).use_kernel  # near: the kernel stays
+    assert KernelProbe("attention", "s", kernel_ms=KERNEL_MARGIN, torch_ms=1.0).use_kernel
+    slow = KernelProbe("window_attention", "2 x 3 heads", kernel_ms=20.0, torch_ms=1.0)
+    assert not slow.use_kernel and slow.line().endswith("-> PyTorch") and "window_attention 2 x 3 heads" in slow.line()
+    assert slow.record() == {
+        "kernel": "window_attention",
+        "shape": "2 x 3 heads",
+        "kernel_ms": 20.0,
+        "torch_ms": 1.0,
+        "use_kernel": False,
+    }
+
+
+@needs_cc
+@pytest.mark.real_probes
+def test_kernel_probes_time_both_paths_on_the_models_head_shape():
+    probes = probe_module.kernel_probes(tiny("vit_small_patch16_224"))  # heads 16 wide
+    vit_blocks = tiny("vit_small_patch16_224").blocks
+    (p,) = probes
+    assert p.kernel == "attention" and p.shape == f"2 x {vit_blocks[0].attn.num_heads} heads x 197 tokens x 16"
+    assert 0 < p.kernel_ms < 1e3 and 0 < p.torch_ms < 1e3
+    assert probe_module.kernel_probes(tiny("vit_small_patch16_224"))[0] is p  # kept for the process
+    (w,) = probe_module.kernel_probes(tiny("swin_tiny_patch4_window7_224"))
+    assert w.kernel == "window_attention" and "windows of" in w.shape and w.kernel_ms > 0 and w.torch_ms > 0
+    narrow = vitkit.create_model("vit_small_patch16_224", embed_dim=24, num_heads=3, depth=1)  # heads 8 wide
+    assert probe_module.kernel_probes(narrow) == []  # a shape the kernel does not take: nothing to probe
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "swin_tiny_patch4_window7_224", "cvt_13_224"])
+def test_a_kernel_slower_than_pytorch_here_is_left_out(name, monkeypatch):
+    """What a build for a CPU without AVX-512 gets: the report says why, PyTorch's attention runs, same numbers."""
+    model = tiny(name)
+    x = torch.randn(2, *model.data_config["input_size"])
+    slow = lambda kernel: lambda *args: KernelProbe(kernel, "s", kernel_ms=30.0, torch_ms=1.0)
+    monkeypatch.setattr(probe_module, "probe_attention", slow("attention"))
+    monkeypatch.setattr(probe_module, "probe_window_attention", slow("window_attention"))
+    fast = optimize(model)
+    (state,) = fast.optimization.kernels.values()
+    assert state.startswith("not used (slower than PyTorch")
+    assert [p.kernel for p in fast.optimization.probes if isinstance(p, KernelProbe)] == list(fast.optimization.kernels)
+    assert any(line.endswith("-> PyTorch") for line in fast.optimization.lines())
+    reset_call_counts()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
+    assert call_counts() == {}
+    assert all(p.kernel_ms == 30.0 for p in optimize(model, probe=True).optimization.probes if hasattr(p, "kernel"))
+    unprobed = optimize(model, probe=False)  # no probe: the kernels run
+    assert all(state == "ready" for state in unprobed.optimization.kernels.values())
+    with torch.no_grad():
+        unprobed(x)
+    assert sum(call_counts().values()) > 0

@@ -221,6 +221,15 @@ def test_swin_with_gradient_checkpointing_or_without_native_kernels_keeps_its_fo
         assert not applies
 
 
+@needs_kernel
+def test_swin_keeps_its_forward_where_the_kernel_probes_slower_than_pytorch(monkeypatch):
+    from vitkit.engine import probe
+
+    monkeypatch.setattr(probe, "probe_window_attention", lambda *a: probe.KernelProbe("window_attention", "s", 9, 1))
+    with training_path(tiny_swin()) as applies:
+        assert not applies
+
+
 def test_cvt_strided_projections_run_in_float32_under_bf16_autocast_only():
     """Without autocast the path is the plain pass. Under bf16 autocast the strided projections run in float32, the
     more precise of the two: logits and gradients are no farther from the float32 pass's than the plain bf16 pass's

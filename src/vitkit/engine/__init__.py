@@ -9,7 +9,9 @@ swapped for engine versions:
   where a quick probe on the model's MLP shape finds oneDNN not slower than plain ``F.linear`` on this CPU
   (:mod:`vitkit.engine.probe`; the measurement is in the report); there, every float32 Linear weight is kept in
   oneDNN's blocked layout instead of the plain one (``pack_weights``), which saves the reorder oneDNN otherwise
-  makes inside every call, at no extra memory (``weight`` still reads the plain layout, exactly);
+  makes inside every call, at no extra memory (``weight`` still reads the plain layout, exactly); each native
+  kernel below is probed against PyTorch's attention the same way and left out where it is clearly slower (a
+  build for a CPU without AVX-512's 32 wide registers can be);
 * ViT and CvT: multi-head attention in a native kernel where it beats SDPA;
 * Swin: the whole shifted-window attention in one native kernel (shift, partition and reverse as index
   arithmetic), or a PyTorch path without the partition copies; the relative-position bias and shift mask are built
@@ -53,7 +55,7 @@ from torch import nn
 from vitkit.engine import cvt, swin, vit
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
-from vitkit.engine.probe import LinearProbe, probe_linear
+from vitkit.engine.probe import LinearProbe, kernel_probes, probe_linear
 from vitkit.engine.training import training_path
 from vitkit.errors import VitkitError
 from vitkit.kernels import unavailable_reason
@@ -99,7 +101,13 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     if settings.fused_linear and settings.probe:
         report.probes = _probe_linears(model, bf16=settings.lowp_linear)
         onednn |= {p.dtype: p.use_onednn for p in report.probes}
-    effective = dataclasses.replace(settings, fused_linear=onednn["float32"])  # what the blocks act on
+    slower_kernels = []  # native kernels the probe found slower than PyTorch's attention on this CPU
+    if settings.native_kernels and settings.probe:
+        probes = kernel_probes(model)
+        report.probes += probes
+        slower_kernels = [p.kernel for p in probes if not p.use_kernel]
+    native = settings.native_kernels and not slower_kernels
+    effective = dataclasses.replace(settings, fused_linear=onednn["float32"], native_kernels=native)  # what runs
     # float32 weights in oneDNN's layout only where oneDNN runs them; shared weights stay the original's tensors
     pack = settings.pack_weights and onednn["float32"] and HAS_FUSED_LINEAR
     pack = pack and not (share_weights or settings.bf16_weights)
@@ -132,6 +140,8 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     if settings.native_kernels:
         for name, library in family.KERNELS.items():
             report.kernels[name] = "ready" if library() is not None else f"not used ({unavailable_reason(name)})"
+            if name in slower_kernels:
+                report.kernels[name] = "not used (slower than PyTorch's attention on this CPU: see its probe)"
     else:
         report.kernels = dict.fromkeys(family.KERNELS, "switched off")
     model.__class__ = family.MODEL[1]

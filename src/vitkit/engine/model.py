@@ -6,7 +6,6 @@ subclass of :class:`InferenceModel`, which refuses training and new weights and 
 swapped.
 """
 
-import dataclasses
 from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ class OptimizationReport:
     settings: EngineSettings
     swaps: Counter = field(default_factory=Counter)  # (reference class, engine class, what it does) -> modules
     kernels: dict[str, str] = field(default_factory=dict)  # kernel -> "ready" or why it is not used
-    probes: list = field(default_factory=list)  # vitkit.engine.probe.LinearProbe: what was measured, what it chose
+    probes: list = field(default_factory=list)  # vitkit.engine.probe's Linear / KernelProbe: measured, and chosen
 
     def lines(self) -> list[str]:
         out = [f"{n} x {ref} -> {new}: {what}" for (ref, new, what), n in self.swaps.items()]
@@ -53,7 +52,7 @@ class OptimizationReport:
             "model": self.model,
             "swaps": [{"from": r, "to": n, "what": w, "modules": c} for (r, n, w), c in self.swaps.items()],
             "kernels": dict(self.kernels),
-            "probes": [dataclasses.asdict(p) | {"use_onednn": p.use_onednn} for p in self.probes],
+            "probes": [p.record() for p in self.probes],
             "micro_batch_bytes": self.settings.micro_batch_bytes,
         }
 

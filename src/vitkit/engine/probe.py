@@ -1,10 +1,13 @@
-"""Which CPU matmul path is faster here: oneDNN's fused linear or PyTorch's plain ``F.linear`` (MKL / oneDNN's
-matmul without the epilogue), measured, not assumed.
+"""Which CPU path is faster here, measured, not assumed: oneDNN's fused linear or PyTorch's plain ``F.linear`` (MKL /
+oneDNN's matmul without the epilogue), and each native attention kernel or PyTorch's attention.
 
 Which one wins depends on the CPU (vector width, AMX, the BLAS PyTorch was built with) and the dtype, so
 :func:`vitkit.optimize` times both on the model's own MLP shape once per process and takes oneDNN's epilogues only
-where they are not slower. A probe is a short run of both on one shape; its result is kept for the process and
-recorded in the optimization report.
+where they are not slower. The native kernels keep their working set in 32 vector registers of 16 floats
+(AVX-512); built for a CPU with fewer or narrower registers (AVX2, NEON), the compiler spills it to the stack and a
+kernel can be many times slower than PyTorch's attention, so each kernel is also timed against PyTorch's op on the
+model's head shape before it is used (by the engine and by the training shortcuts). A probe is a short run of both
+on one shape; its result is kept for the process and recorded in the optimization report.
 """
 
 import dataclasses
@@ -15,10 +18,20 @@ import torch
 import torch.nn.functional as F
 
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR
+from vitkit.kernels import attention as attention_kernel
+from vitkit.kernels import unavailable_reason
+from vitkit.kernels import window_attention as window_kernel
+from vitkit.models import cvt, swin, vit
 
 ROWS = 256  # tokens of one batch-1 sequence, about: the smallest batch the engine serves
 ROUNDS = 5  # alternating rounds; each side's fastest counts
 MARGIN = 1.05  # the plain ops must be this much faster to be chosen (oneDNN also saves a pass over memory)
+KERNEL_TOKENS = 197  # attention probe: a 224-px ViT's sequence
+# PyTorch's attention must be this much faster for a kernel to be dropped: where a kernel suits the CPU the two are
+# within a few percent on the probe's small problem (the kernel's lead shows at larger batches, without copies the
+# probe leaves out), and a build that spills its registers is over 5x slower; a wide margin keeps a noisy probe
+# from flipping the choice from one process to the next
+KERNEL_MARGIN = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +44,9 @@ class LinearProbe:
     @property
     def use_onednn(self) -> bool:
         return self.plain_ms * MARGIN >= self.onednn_ms
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self) | {"use_onednn": self.use_onednn}
 
     def line(self) -> str:
         winner = "oneDNN fused" if self.use_onednn else "plain F.linear"
@@ -75,3 +91,112 @@ def probe_linear(dtype: torch.dtype, in_features: int, out_features: int, thread
             times["onednn"].append(_mean_ms(onednn, reps))
             times["plain"].append(_mean_ms(plain, reps))
     return LinearProbe(name, shape, min(times["onednn"]), min(times["plain"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelProbe:
+    kernel: str  # "attention" or "window_attention"
+    shape: str
+    kernel_ms: float
+    torch_ms: float
+
+    @property
+    def use_kernel(self) -> bool:
+        """The kernel unless PyTorch's path is clearly faster."""
+        return self.torch_ms * KERNEL_MARGIN >= self.kernel_ms
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self) | {"use_kernel": self.use_kernel}
+
+    def line(self) -> str:
+        winner = f"native {self.kernel}" if self.use_kernel else "PyTorch"
+        return (
+            f"probe {self.kernel} {self.shape}: native kernel {self.kernel_ms:.3f} ms, PyTorch {self.torch_ms:.3f} ms "
+            f"-> {winner}"
+        )
+
+
+def _race(kernel, reference, flops: int) -> tuple[float, float]:
+    """Fastest mean ms of each of two no-grad calls over alternating rounds."""
+    with torch.inference_mode():
+        kernel(), reference()
+        reps = max(1, min(20, int(2e8 // flops)))
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(ROUNDS):
+            times[0].append(_mean_ms(kernel, reps))
+            times[1].append(_mean_ms(reference, reps))
+    return min(times[0]), min(times[1])
+
+
+@functools.lru_cache(maxsize=64)
+def probe_attention(heads: int, head_dim: int, threads: int) -> KernelProbe:
+    """The native multi-head attention kernel against SDPA, float32, each from the qkv linear's output to the input
+    of the output projection, as a ViT / CvT block runs it: (2, 197, 3C) -> (2, 197, C)."""
+    if attention_kernel.library() is None:
+        raise RuntimeError(f"the native attention kernel is not available ({unavailable_reason('attention')})")
+    B, N, C, scale = 2, KERNEL_TOKENS, heads * head_dim, head_dim**-0.5
+    qkv = torch.randn(B, N, 3, heads, head_dim, generator=torch.Generator().manual_seed(0))
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d), views
+
+    def attend(fn):
+        return lambda: fn(q, k, v, scale=scale).transpose(1, 2).reshape(B, N, C)
+
+    kernel_ms, torch_ms = _race(
+        attend(attention_kernel.attention), attend(F.scaled_dot_product_attention), 4 * B * heads * N * N * head_dim
+    )
+    return KernelProbe("attention", f"2 x {heads} heads x {N} tokens x {head_dim}", kernel_ms, torch_ms)
+
+
+@functools.lru_cache(maxsize=64)
+def probe_window_attention(heads: int, head_dim: int, window: int, threads: int) -> KernelProbe:
+    """The native window-attention kernel against PyTorch's path (roll, partition, SDPA with the bias and shift mask,
+    reverse, roll back), float32, on a (2, 2w, 2w) map of shifted windows, as a Swin block runs it."""
+    if window_kernel.library() is None:
+        raise RuntimeError(
+            f"the native window-attention kernel is not available ({unavailable_reason('window_attention')})"
+        )
+    g = torch.Generator().manual_seed(0)
+    B, side, n, C, shift, scale = 2, 2 * window, window * window, heads * head_dim, window // 2, head_dim**-0.5
+    qkv = torch.randn(B, side, side, 3 * C, generator=g)
+    bias = torch.randn(4 * heads, n, n, generator=g)  # one per window and head, as the shifted blocks have
+    padded = F.pad(bias, (0, window_kernel.padded_width(n) - n), value=float("-inf")).contiguous()
+    mask = bias.view(1, 4 * heads, n, n)
+
+    def pytorch():
+        y = qkv.roll((-shift, -shift), (1, 2)).view(B, 2, window, 2, window, 3, heads, head_dim)
+        q, k, v = y.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B, 4 * heads, n, head_dim).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out = out.view(B, 2, 2, heads, window, window, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
+        return out.reshape(B, side, side, C).roll((shift, shift), (1, 2))
+
+    kernel_ms, torch_ms = _race(
+        lambda: window_kernel.window_attention(qkv, padded, heads, window, shift, scale),
+        pytorch,
+        4 * B * 4 * heads * n * n * head_dim,
+    )
+    shape = f"2 x {heads} heads x 4 windows of {window}x{window} x {head_dim}"
+    return KernelProbe("window_attention", shape, kernel_ms, torch_ms)
+
+
+def _on_cpu(module: torch.nn.Module) -> bool:
+    return next(module.parameters(), torch.empty(0)).device.type == "cpu"
+
+
+def kernel_probes(model: torch.nn.Module) -> list[KernelProbe]:
+    """The probe of each native kernel ``model``'s blocks would call, on its (last) head shape; none where the kernel
+    is not built, does not take the shape, or the model is not on the CPU."""
+    threads, probes = torch.get_num_threads(), {}
+    for m in model.modules():
+        if isinstance(m, (vit.Attention, cvt.Attention)) and attention_kernel.library() is not None:
+            head_dim = m.proj.in_features // m.num_heads
+            if head_dim % attention_kernel.HEAD_MULTIPLE == 0 and _on_cpu(m):
+                probes["attention"] = (probe_attention, (m.num_heads, head_dim, threads))
+        elif isinstance(m, swin.SwinBlock) and window_kernel.library() is not None:
+            a, window = m.attn, m.window_size
+            ok = window_kernel.supports(a.proj.in_features, a.num_heads, window) and _on_cpu(a)
+            if ok and "window_attention" not in probes:
+                probes["window_attention"] = (
+                    probe_window_attention,
+                    (a.num_heads, a.proj.in_features // a.num_heads, window, threads),
+                )
+    return [fn(*args) for fn, args in probes.values()]

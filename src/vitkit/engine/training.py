@@ -10,6 +10,7 @@ model's logits and gradients:
   (:func:`vitkit.kernels.window_attention.window_attention_trainable`): the shift, the window partition and its
   reverse are index arithmetic, and the window-sized matmuls stay in L1, where PyTorch runs them as thousands of
   tiny batched matmuls with copies around them. Gradients reach q / k / v and the relative-position bias table.
+  Not where the kernel's probe (:mod:`vitkit.engine.probe`) finds it clearly slower than PyTorch's attention.
 * CvT under CPU bf16 autocast: the strided depthwise convolutions of the key / value projections (and their
   BatchNorm) in float32. PyTorch's bf16 backward of a strided depthwise convolution on the CPU is an order of
   magnitude slower than the float32 one (benchmarks/README.md); float32 there is the more precise of the two, so
@@ -33,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vitkit.engine.conditions import is_tracing, native_call
 from vitkit.engine.model import has_hooks
+from vitkit.engine.probe import kernel_probes
 from vitkit.kernels import window_attention as window_kernel
 from vitkit.layers import attention
 from vitkit.models import cvt, swin, vit
@@ -119,6 +121,8 @@ def shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
             return []  # a checkpointed block is recomputed after the path is gone: it must run the same ops
         if not native_kernels_enabled() or window_kernel.library() is None:
             return []
+        if not all(p.use_kernel for p in kernel_probes(model)):
+            return []  # a build that is slower than PyTorch's attention on this CPU (the probe is kept per process)
         return [(m, _swin_block_forward) for m in model.modules() if type(m) is swin.SwinBlock]
     if isinstance(model, cvt.CvT):
         if any(getattr(m, "grad_checkpointing", False) for m in model.modules()):
