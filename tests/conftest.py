@@ -12,9 +12,9 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
-def _native_kernels_win(request, monkeypatch):
-    """The engine's kernel probes say "kernel" without timing anything (tests of where the kernels run must not
-    depend on a timing); tests marked ``real_probes`` time them."""
+def _untimed_probes(request, monkeypatch):
+    """The engine's kernel probes say "kernel" and its bf16 probe "bf16" without timing anything: which path a test
+    sees must not depend on this machine or its load. Tests marked ``real_probes`` time them."""
     if request.node.get_closest_marker("real_probes"):
         return
     from vitkit.engine import probe
@@ -24,6 +24,9 @@ def _native_kernels_win(request, monkeypatch):
 
     monkeypatch.setattr(probe, "probe_attention", fake("attention"))
     monkeypatch.setattr(probe, "probe_window_attention", fake("window_attention"))
+    import vitkit.engine
+
+    monkeypatch.setattr(vitkit.engine, "probe_bf16_matmul", lambda *args: probe.Bf16Probe("not timed", 1.0, 1.0))
 
 
 def randomize_(module: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:

@@ -93,6 +93,9 @@ class EngineSettings:
     bf16_weights: bool = False  # weights and activations in bfloat16 (native bf16 CPUs, CUDA); float32 logits out
     probe: bool = True  # oneDNN's fused linear only where it measures not slower than F.linear on this CPU
     lowp_linear: bool = True  # bf16 / fp16 matmuls (autocast, bf16_weights): Linear weights cast (CPU: packed) once
+    # CPU bf16 linears (and Swin's window attention) as float32 products of the bf16-rounded values, where the probe
+    # finds float32 faster (CPUs without AMX): the same products (exact in float32) and float32 sums as bf16 kernels
+    bf16_in_float32: bool = True
     cls_only_head: bool = True  # logits of a [CLS]-reading head: the last block computes the [CLS] row alone
 
     def __post_init__(self) -> None:
@@ -104,6 +107,7 @@ class EngineSettings:
             "pack_weights",
             "bf16_weights",
             "lowp_linear",
+            "bf16_in_float32",
             "probe",
             "cls_only_head",
         ):

@@ -84,8 +84,8 @@ def test_cast_once_linear_gives_autocasts_numbers_and_casts_again_when_the_weigh
         out = fast(x)
         assert out.dtype == torch.bfloat16
         torch.testing.assert_close(out, ref, **BF16)
-        weight, bias, onednn = fast.prepared(torch.bfloat16, x.device)
-        assert bias.dtype == torch.bfloat16 and onednn == HAS_BF16_FUSED_LINEAR
+        weight, bias, onednn, compute = fast.prepared(torch.bfloat16, x.device)
+        assert bias.dtype == compute == torch.bfloat16 and onednn == HAS_BF16_FUSED_LINEAR
         fast(x)
         assert fast.prepared(torch.bfloat16, x.device)[0] is weight  # kept between calls
         out = linear(x, fast, gelu=True)  # the engine's helper: GELU (and below the residual add) fused where it can
@@ -107,3 +107,30 @@ def test_cast_once_linear_gives_autocasts_numbers_and_casts_again_when_the_weigh
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autograd: the plain layer, gradients reach the weight
         fast(x.requires_grad_()).sum().backward()
     assert fast.weight.grad is not None
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_bf16_in_float32_gives_the_bf16_products_summed_in_float32(onednn):
+    """What a CPU without AMX runs for bf16 (``bf16_in_float32``): bf16 values, exact float32 products, float32 sums,
+    the output rounded to bf16; the same numbers as a float64 sum of the bf16 values, to one bf16 rounding."""
+    layer = torch.nn.Linear(64, 32)
+    fast = copy.deepcopy(layer)
+    fast.__class__ = EngineLinear
+    fast.bf16_in_float32, fast.onednn = True, onednn
+    x, res = torch.randn(5, 64), torch.randn(5, 32)
+    w, b = layer.weight.bfloat16().double(), layer.bias.bfloat16().double()
+    exact = x.bfloat16().double() @ w.T + b
+    one_rounding = dict(atol=1e-6, rtol=2**-8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x)
+        _, bias, packed, compute = fast.prepared(torch.bfloat16, x.device)
+        assert compute == torch.float32 and torch.equal(bias, layer.bias.bfloat16().float())
+        assert packed == (onednn and HAS_FUSED_LINEAR)
+        gelu = linear(x, fast, gelu=True)
+        added = linear(x, fast, residual=res)
+    assert out.dtype == gelu.dtype == torch.bfloat16 and added.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, **one_rounding)
+    torch.testing.assert_close(gelu.double(), F.gelu(exact), **one_rounding)
+    torch.testing.assert_close(added.double() - res.double(), exact, **one_rounding)  # the bf16 output, then added
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(out, layer(x), **BF16)  # and autocast's own numbers, to bf16 rounding

@@ -9,7 +9,7 @@ from tests.tiny import tiny_overrides
 from vitkit.engine import optimize
 from vitkit.engine import probe as probe_module
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
-from vitkit.engine.probe import KERNEL_MARGIN, MARGIN, KernelProbe, LinearProbe, probe_linear
+from vitkit.engine.probe import KERNEL_MARGIN, MARGIN, Bf16Probe, KernelProbe, LinearProbe, probe_linear
 from vitkit.kernels import call_counts, compiler, reset_call_counts
 
 needs_onednn = pytest.mark.skipif(not HAS_FUSED_LINEAR, reason="PyTorch built without oneDNN")
@@ -75,7 +75,7 @@ def linear_probes(model: torch.nn.Module) -> list[LinearProbe]:
 def test_no_probe_without_oneDNN_or_with_fused_linear_off(monkeypatch):
     model = tiny("vit_small_patch16_224")
     assert linear_probes(optimize(model, fused_linear=False)) == []
-    assert optimize(model, fused_linear=False, native_kernels=False).optimization.probes == []
+    assert optimize(model, fused_linear=False, native_kernels=False, bf16_in_float32=False).optimization.probes == []
 
     def fail(*args):
         raise AssertionError("no probe expected")
@@ -147,3 +147,60 @@ def test_a_kernel_slower_than_pytorch_here_is_left_out(name, monkeypatch):
     with torch.no_grad():
         unprobed(x)
     assert sum(call_counts().values()) > 0
+
+
+# --- bf16 as float32 products of bf16 values ---------------------------------------------------------------------
+def test_float32_must_be_clearly_faster_to_compute_bf16():
+    assert Bf16Probe("s", bf16_ms=1.0, float32_ms=0.5).use_float32
+    assert not Bf16Probe("s", bf16_ms=1.0, float32_ms=1.0).use_float32
+    line = Bf16Probe("256x8 -> 16 + GELU", bf16_ms=2.0, float32_ms=1.0).line()
+    assert line.startswith("probe bf16 matmul 256x8 -> 16 + GELU") and line.endswith(
+        "-> float32 products of bf16 values"
+    )
+
+
+@pytest.mark.real_probes
+def test_the_bf16_probe_times_both_paths():
+    p = probe_module.probe_bf16_matmul(24, 40, torch.get_num_threads(), HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR)
+    assert p.shape == "256x24 -> 40 + GELU" and 0 < p.bf16_ms < 1e3 and 0 < p.float32_ms < 1e3
+    assert p.record()["use_float32"] == p.use_float32
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "swin_tiny_patch4_window7_224", "cvt_13_224"])
+def test_where_float32_is_faster_bf16_runs_as_float32_products(name, monkeypatch):
+    """A CPU without AMX: bf16 linears (and Swin's window attention, in its kernel) as float32 products of the bf16
+    values; logits as close to the float32 ones as autocast's own (bf16 values either way)."""
+    model = tiny(name)
+    x = torch.randn(2, *model.data_config["input_size"])
+    swin = name.startswith("swin")
+    monkeypatch.setattr(vitkit.engine, "probe_bf16_matmul", lambda *a: Bf16Probe("s", bf16_ms=3.0, float32_ms=1.0))
+    fast, weights16 = optimize(model), optimize(model, bf16_weights=True)
+    assert any(isinstance(p, Bf16Probe) and p.use_float32 for p in fast.optimization.probes)
+    linears = [m for m in fast.modules() if isinstance(m, EngineLinear)]
+    assert linears and all(m.bf16_in_float32 for m in linears)
+    with torch.no_grad():
+        ref = model(x)
+        reset_call_counts()
+        fast(x)
+        in_float32 = call_counts()  # the kernel calls of a float32 pass
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast_error = (model(x).float() - ref).abs().max()
+            reset_call_counts()
+            out = fast(x)
+            assert call_counts() == (in_float32 if swin else {})  # Swin: every kernel call; ViT / CvT: SDPA in bf16
+            assert out.dtype == torch.bfloat16
+            assert all(m.prepared(torch.bfloat16, x.device)[3] == torch.float32 for m in linears)
+        reset_call_counts()
+        out16 = weights16(x)
+        assert (sum(call_counts().values()) > 0) == swin and out16.dtype == torch.float32
+    assert (out.float() - ref).abs().max() <= 2 * autocast_error + 1e-3
+    assert (out16 - ref).abs().max() <= 4 * autocast_error + 1e-2  # bf16 rounding in the residual stream too
+
+    monkeypatch.setattr(vitkit.engine, "probe_bf16_matmul", lambda *a: Bf16Probe("s", bf16_ms=1.0, float32_ms=3.0))
+    for plain in (optimize(model), optimize(model, bf16_in_float32=False)):  # bf16 faster, or switched off
+        assert not any(m.bf16_in_float32 for m in plain.modules() if isinstance(m, EngineLinear))
+        reset_call_counts()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            plain(x)
+        assert call_counts() == {}  # the kernels are float32-only: bf16 runs PyTorch's attention

@@ -24,7 +24,9 @@ swapped for engine versions:
 * CPU batches whose widest temporary would be huge run in slices (no page faults on every call);
 * bf16 / fp16 matmuls (autocast, or ``bf16_weights``): Linear weights cast to that dtype once instead of on every
   call (autocast's own cache skips tensors that need no gradient, as a frozen model's), on the CPU in oneDNN's layout
-  with bias, GELU and residual add fused as in float32;
+  with bias, GELU and residual add fused as in float32; on CPUs where a probe finds float32 matmuls faster than bf16
+  ones (no AMX), bf16 linears, and Swin's window attention in its native kernel, run as float32 products of the bf16
+  values (exact in float32, summed in float32 as bf16 kernels do; ``bf16_in_float32``);
 * optionally, the whole model in bfloat16 (``bf16_weights=True``): inputs are cast on the way in and the logits come
   back in float32. On CPUs with native bf16 (AVX512-BF16, AMX) this is faster than autocast, which keeps float32
   weights and casts them, and LayerNorm / softmax outputs, on every call; the price is bf16 rounding in the residual
@@ -55,7 +57,7 @@ from torch import nn
 from vitkit.engine import cvt, swin, vit
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
-from vitkit.engine.probe import LinearProbe, kernel_probes, probe_linear
+from vitkit.engine.probe import Bf16Probe, LinearProbe, kernel_probes, probe_bf16_matmul, probe_linear
 from vitkit.engine.training import training_path
 from vitkit.errors import VitkitError
 from vitkit.kernels import unavailable_reason
@@ -107,7 +109,13 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
         report.probes += probes
         slower_kernels = [p.kernel for p in probes if not p.use_kernel]
     native = settings.native_kernels and not slower_kernels
-    effective = dataclasses.replace(settings, fused_linear=onednn["float32"], native_kernels=native)  # what runs
+    bf16_in_float32 = False  # bf16 matmuls as float32 products of the bf16 values, where the probe finds it faster
+    if settings.bf16_in_float32 and settings.probe and (probe := _probe_bf16(model, onednn)) is not None:
+        report.probes.append(probe)
+        bf16_in_float32 = probe.use_float32
+    effective = dataclasses.replace(  # what runs
+        settings, fused_linear=onednn["float32"], native_kernels=native, bf16_in_float32=bf16_in_float32
+    )
     # float32 weights in oneDNN's layout only where oneDNN runs them; shared weights stay the original's tensors
     pack = settings.pack_weights and onednn["float32"] and HAS_FUSED_LINEAR
     pack = pack and not (share_weights or settings.bf16_weights)
@@ -120,7 +128,8 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
             module.prepare(effective)
         elif type(module) is nn.Linear and (pack or settings.lowp_linear):
             module.__class__ = EngineLinear
-            module.cast_once, module.onednn = settings.lowp_linear, onednn["bfloat16"]
+            module.cast_once, module.bf16_in_float32 = settings.lowp_linear, bf16_in_float32
+            module.onednn = onednn["float32" if bf16_in_float32 else "bfloat16"]  # for the dtype bf16 matmuls run in
             w = module.weight
             what = ["bf16 / fp16 matmuls: weights cast once"] if settings.lowp_linear else []
             if pack and w.device.type == "cpu" and w.dtype == torch.float32:
@@ -160,6 +169,17 @@ def _probe_linears(model: nn.Module, bf16: bool) -> list[LinearProbe]:
     if bf16 and HAS_BF16_FUSED_LINEAR:
         probes.append(probe_linear(torch.bfloat16, fc.in_features, fc.out_features, threads))
     return probes
+
+
+def _probe_bf16(model: nn.Module, onednn: dict[str, bool]) -> Bf16Probe | None:
+    """bf16 against float32 products of bf16 values on the model's widest MLP input layer, on the CPU (the first one
+    of a Swin or CvT is too small for the matmul's speed to show)."""
+    layers = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.endswith("mlp.fc1")]
+    if not layers or layers[0].weight.device.type != "cpu":
+        return None
+    fc, threads = max(layers, key=lambda m: m.in_features), torch.get_num_threads()
+    onednn_bf16, onednn_float32 = onednn["bfloat16"] and HAS_BF16_FUSED_LINEAR, onednn["float32"] and HAS_FUSED_LINEAR
+    return probe_bf16_matmul(fc.in_features, fc.out_features, threads, onednn_bf16, onednn_float32)
 
 
 __all__ = ["EngineSettings", "OptimizationReport", "is_optimized", "optimize", "training_path"]

@@ -38,3 +38,10 @@ def cpu_float32(x: torch.Tensor) -> bool:
 def native_call(x: torch.Tensor) -> bool:
     """May a native kernel run on ``x``: CPU float32, autocast off, and no dispatch mode watching the ops."""
     return cpu_float32(x) and _get_current_dispatch_mode() is None
+
+
+def bf16_cpu_call(x: torch.Tensor) -> bool:
+    """May a bf16 computation on ``x`` run as float32 products of its bf16 values (CPU, bf16 autocast or a bf16
+    tensor, no dispatch mode watching the ops)?"""
+    bf16 = x.dtype == torch.bfloat16 or autocast_dtype("cpu") == torch.bfloat16
+    return x.device.type == "cpu" and bf16 and _get_current_dispatch_mode() is None

@@ -19,6 +19,15 @@ from vitkit.utils.autocast import autocast_dtype
 HAS_FUSED_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 # oneDNN's bf16 matmuls need AVX-512 (or AMX) on x86; elsewhere the plain bf16 ops run
 HAS_BF16_FUSED_LINEAR = HAS_FUSED_LINEAR and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+ONEDNN_DTYPES = {d for d, ok in ((torch.float32, HAS_FUSED_LINEAR), (torch.bfloat16, HAS_BF16_FUSED_LINEAR)) if ok}
+
+
+def _matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, onednn: bool, gelu: bool) -> torch.Tensor:
+    """``gelu?(x @ w.T + b)``: oneDNN's fused op on its packed weight, else the plain ops."""
+    if onednn:
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu" if gelu else "none", [], "none")
+    y = F.linear(x, w, b)
+    return F.gelu(y) if gelu else y
 
 
 def linear(x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torch.Tensor | None = None, fused=True):
@@ -58,11 +67,15 @@ class EngineLinear(nn.Linear):
     bf16 / fp16 matmuls in inference (under autocast, or in a model cast to bf16) use a copy of the weight and bias in
     that dtype made once, and again only when the weights change; on CPUs with oneDNN's bf16 path that copy is in
     oneDNN's blocked layout and bias / GELU / a residual add run in the matmul's epilogue. Autocast's numbers, to the
-    rounding of the epilogue: the same casts, made fewer times.
+    rounding of the epilogue: the same casts, made fewer times. Where bf16 matmuls are slower than float32 ones (CPUs
+    without AMX; ``bf16_in_float32``, set from a probe), the copy holds the bf16-rounded values in float32 and the
+    matmul runs in float32 on the bf16-rounded input: a product of two bf16 values is exact in float32, and bf16
+    kernels sum in float32 too, so the numbers are bf16's to summation order; the output is rounded to bf16.
     """
 
     cast_once: bool = True  # bf16 / fp16 matmuls with the weight cast once (else autocast's own casts)
     onednn: bool = True  # may bf16 matmuls take oneDNN's path (set by optimize from fused_linear and the probe)
+    bf16_in_float32: bool = False  # bf16 matmuls as float32 products of the bf16 values (set by optimize's probe)
     packed: torch.Tensor | None = None  # the float32 weight in oneDNN's layout; then no plain ``weight`` parameter
 
     def pack(self) -> None:
@@ -143,34 +156,37 @@ class EngineLinear(nn.Linear):
             return None
         return dtype
 
-    def prepared(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-        """(weight, bias, in oneDNN's layout) for matmuls in ``dtype`` on ``device``."""
+    def prepared(
+        self, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.dtype]:
+        """(weight, bias, in oneDNN's layout, the dtype the matmul runs in) for matmuls in ``dtype`` on ``device``."""
         packed = self.packed  # frozen while packed; a plain weight is checked for changes
         w = self._parameters["weight"] if packed is None else None
         source = ("packed", id(packed)) if w is None else (w.data_ptr(), w._version)
         key = (dtype, device, source)
         cached = self.__dict__.get("_prepared")
         if cached is None or cached[0] != key:
+            compute = torch.float32 if self.bf16_in_float32 and dtype == torch.bfloat16 else dtype
             with torch.no_grad():
-                weight = self.weight.detach().to(device=device, dtype=dtype)
-                bias = None if self.bias is None else self.bias.detach().to(dtype)
-                onednn = self.onednn and device.type == "cpu" and dtype == torch.bfloat16 and HAS_BF16_FUSED_LINEAR
+                weight = self.weight.detach().to(device=device, dtype=dtype).to(compute)  # bf16 values either way
+                bias = None if self.bias is None else self.bias.detach().to(dtype).to(compute)
+                onednn = self.onednn and device.type == "cpu" and compute in ONEDNN_DTYPES
                 if onednn:
                     weight = torch.ops.mkldnn._reorder_linear_weight(weight)
-            cached = self.__dict__["_prepared"] = (key, weight, bias, onednn)
-        return cached[1], cached[2], cached[3]
+            cached = self.__dict__["_prepared"] = (key, weight, bias, onednn, compute)
+        return cached[1:]
 
     def lowp(self, x: torch.Tensor, dtype: torch.dtype, gelu: bool = False, residual=None) -> torch.Tensor:
         """``residual + gelu?(self(x))`` with the matmul in ``dtype`` (the residual keeps its own dtype)."""
-        w, b, onednn = self.prepared(dtype, x.device)
+        w, b, onednn, compute = self.prepared(dtype, x.device)
         x = x.to(dtype)
+        if compute != dtype:  # bf16 values, their products and sums in float32 (exact products, as bf16 kernels)
+            with torch.autocast(x.device.type, enabled=False):
+                y = _matmul(x.to(compute), w, b, onednn, gelu).to(dtype)
+            return y if residual is None else residual + y
         if onednn and residual is not None and residual.dtype == dtype and not gelu:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
-        if onednn:
-            y = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu" if gelu else "none", [], "none")
-        else:
-            y = F.linear(x, w, b)
-            y = F.gelu(y) if gelu else y
+        y = _matmul(x, w, b, onednn, gelu)
         return y if residual is None else residual + y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from vitkit.models import cvt, swin, vit
 ROWS = 256  # tokens of one batch-1 sequence, about: the smallest batch the engine serves
 ROUNDS = 5  # alternating rounds; each side's fastest counts
 MARGIN = 1.05  # the plain ops must be this much faster to be chosen (oneDNN also saves a pass over memory)
+BF16_MARGIN = 1.1  # float32 must be this much faster to compute a bf16 matmul (it also makes two casts)
 KERNEL_TOKENS = 197  # attention probe: a 224-px ViT's sequence
 # PyTorch's attention must be this much faster for a kernel to be dropped: where a kernel suits the CPU the two are
 # within a few percent on the probe's small problem (the kernel's lead shows at larger batches, without copies the
@@ -63,6 +64,18 @@ def _mean_ms(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps * 1e3
 
 
+def _race(first, second, flops: int) -> tuple[float, float]:
+    """Fastest mean ms of each of two no-grad calls over alternating rounds (``flops``: of one call)."""
+    with torch.inference_mode():
+        first(), second()  # first calls: oneDNN builds its primitives, the allocator warms up
+        reps = max(1, min(20, int(2e8 // flops)))  # about a millisecond or more per timing
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(ROUNDS):
+            times[0].append(_mean_ms(first, reps))
+            times[1].append(_mean_ms(second, reps))
+    return min(times[0]), min(times[1])
+
+
 @functools.lru_cache(maxsize=64)
 def probe_linear(dtype: torch.dtype, in_features: int, out_features: int, threads: int) -> LinearProbe:
     """Time ``gelu(x @ w.T + b)`` both ways on the CPU for a (ROWS, in_features) input. ``threads`` keys the cache."""
@@ -82,15 +95,58 @@ def probe_linear(dtype: torch.dtype, in_features: int, out_features: int, thread
     def plain():
         return F.gelu(F.linear(x, w, b))
 
-    with torch.inference_mode():
-        onednn(), plain()  # first calls: oneDNN builds its primitive, the allocator warms up
-        flops = 2 * ROWS * in_features * out_features
-        reps = max(1, min(20, int(2e8 // flops)))  # about a millisecond or more per timing
-        times = {"onednn": [], "plain": []}
-        for _ in range(ROUNDS):
-            times["onednn"].append(_mean_ms(onednn, reps))
-            times["plain"].append(_mean_ms(plain, reps))
-    return LinearProbe(name, shape, min(times["onednn"]), min(times["plain"]))
+    onednn_ms, plain_ms = _race(onednn, plain, 2 * ROWS * in_features * out_features)
+    return LinearProbe(name, shape, onednn_ms, plain_ms)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bf16Probe:
+    shape: str
+    bf16_ms: float
+    float32_ms: float  # the bf16 input cast to float32, the matmul on bf16-rounded float32 weights, the output cast
+
+    @property
+    def use_float32(self) -> bool:
+        return self.float32_ms * BF16_MARGIN <= self.bf16_ms
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self) | {"use_float32": self.use_float32}
+
+    def line(self) -> str:
+        winner = "float32 products of bf16 values" if self.use_float32 else "bf16"
+        return (
+            f"probe bf16 matmul {self.shape}: in bf16 {self.bf16_ms:.3f} ms, as float32 products of the bf16 values "
+            f"{self.float32_ms:.3f} ms -> {winner}"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def probe_bf16_matmul(
+    in_features: int, out_features: int, threads: int, onednn_bf16: bool, onednn_float32: bool
+) -> Bf16Probe:
+    """A bf16 ``gelu(x @ w.T + b)`` for a (ROWS, in_features) input as the engine would run it in bf16, against the
+    same from float32 copies of the bf16 values (each path with oneDNN's fused op where the engine takes it)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(ROWS, in_features, generator=g).bfloat16()
+    w = torch.randn(out_features, in_features, generator=g).div_(in_features**0.5).bfloat16()
+    b = torch.zeros(out_features, dtype=torch.bfloat16)
+    w32, b32 = w.float(), b.float()
+    if onednn_bf16:
+        w = torch.ops.mkldnn._reorder_linear_weight(w)
+    if onednn_float32:
+        w32 = torch.ops.mkldnn._reorder_linear_weight(w32)
+
+    def run(x, w, b, onednn):
+        if onednn:
+            return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+        return F.gelu(F.linear(x, w, b))
+
+    bf16_ms, float32_ms = _race(
+        lambda: run(x, w, b, onednn_bf16),
+        lambda: run(x.float(), w32, b32, onednn_float32).bfloat16(),
+        2 * ROWS * in_features * out_features,
+    )
+    return Bf16Probe(f"{ROWS}x{in_features} -> {out_features} + GELU", bf16_ms, float32_ms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,18 +170,6 @@ class KernelProbe:
             f"probe {self.kernel} {self.shape}: native kernel {self.kernel_ms:.3f} ms, PyTorch {self.torch_ms:.3f} ms "
             f"-> {winner}"
         )
-
-
-def _race(kernel, reference, flops: int) -> tuple[float, float]:
-    """Fastest mean ms of each of two no-grad calls over alternating rounds."""
-    with torch.inference_mode():
-        kernel(), reference()
-        reps = max(1, min(20, int(2e8 // flops)))
-        times: tuple[list[float], list[float]] = ([], [])
-        for _ in range(ROUNDS):
-            times[0].append(_mean_ms(kernel, reps))
-            times[1].append(_mean_ms(reference, reps))
-    return min(times[0]), min(times[1])
 
 
 @functools.lru_cache(maxsize=64)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.engine.conditions import inference_call, native_call
+from vitkit.engine.conditions import bf16_cpu_call, inference_call, native_call
 from vitkit.engine.linear import linear, mlp
 from vitkit.engine.micro_batch import num_micro_batches, sliced
 from vitkit.engine.model import InferenceModel
@@ -22,6 +22,7 @@ class FastSwinBlock(swin.SwinBlock):
     fused: bool
     native: bool
     precompute: bool
+    bf16_in_float32: bool
 
     def prepare(self, settings: EngineSettings) -> None:
         self.fused, self.native, self.precompute = (
@@ -29,6 +30,7 @@ class FastSwinBlock(swin.SwinBlock):
             settings.native_kernels,
             settings.precompute_bias,
         )
+        self.bf16_in_float32 = settings.bf16_in_float32
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def _cached(self, key: tuple, build) -> torch.Tensor:
@@ -81,10 +83,17 @@ class FastSwinBlock(swin.SwinBlock):
         if pad_b or pad_r:
             y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
-        if self.native and native_call(y) and kernel.supports(C, a.num_heads, window) and kernel.library() is not None:
+        fits = self.native and kernel.supports(C, a.num_heads, window) and kernel.library() is not None
+        if fits and native_call(y):
             # one kernel: the shift, the window partition and its reverse are index arithmetic there
             bias = self.attn_bias(Hp, Wp, window, shift, y.dtype, y.device, padded=True)
             out = kernel.window_attention(linear(y, a.qkv, fused=self.fused), bias, a.num_heads, window, shift, a.scale)
+        elif fits and self.bf16_in_float32 and bf16_cpu_call(y):
+            # the same kernel on float32 copies of the bf16 q / k / v (products exact in float32), output in bf16
+            qkv = linear(y, a.qkv, fused=self.fused)
+            bias = self.attn_bias(Hp, Wp, window, shift, torch.float32, y.device, padded=True)
+            with torch.autocast("cpu", enabled=False):
+                out = kernel.window_attention(qkv.float(), bias, a.num_heads, window, shift, a.scale).to(qkv.dtype)
         else:
             out = self.window_attention(y, window, shift)
         if pad_b or pad_r:
