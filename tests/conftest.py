@@ -24,9 +24,7 @@ def _untimed_probes(request, monkeypatch):
 
     monkeypatch.setattr(probe, "probe_attention", fake("attention"))
     monkeypatch.setattr(probe, "probe_window_attention", fake("window_attention"))
-    import vitkit.engine
-
-    monkeypatch.setattr(vitkit.engine, "probe_bf16_matmul", lambda *args: probe.Bf16Probe("not timed", 1.0, 1.0))
+    monkeypatch.setattr(probe, "probe_bf16_matmul", lambda *args: probe.Bf16Probe("not timed", 1.0, 1.0))
 
 
 def randomize_(module: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:

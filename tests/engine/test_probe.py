@@ -174,7 +174,7 @@ def test_where_float32_is_faster_bf16_runs_as_float32_products(name, monkeypatch
     model = tiny(name)
     x = torch.randn(2, *model.data_config["input_size"])
     swin = name.startswith("swin")
-    monkeypatch.setattr(vitkit.engine, "probe_bf16_matmul", lambda *a: Bf16Probe("s", bf16_ms=3.0, float32_ms=1.0))
+    monkeypatch.setattr(probe_module, "probe_bf16_matmul", lambda *a: Bf16Probe("s", bf16_ms=3.0, float32_ms=1.0))
     fast, weights16 = optimize(model), optimize(model, bf16_weights=True)
     assert any(isinstance(p, Bf16Probe) and p.use_float32 for p in fast.optimization.probes)
     linears = [m for m in fast.modules() if isinstance(m, EngineLinear)]
@@ -197,7 +197,7 @@ def test_where_float32_is_faster_bf16_runs_as_float32_products(name, monkeypatch
     assert (out.float() - ref).abs().max() <= 2 * autocast_error + 1e-3
     assert (out16 - ref).abs().max() <= 4 * autocast_error + 1e-2  # bf16 rounding in the residual stream too
 
-    monkeypatch.setattr(vitkit.engine, "probe_bf16_matmul", lambda *a: Bf16Probe("s", bf16_ms=1.0, float32_ms=3.0))
+    monkeypatch.setattr(probe_module, "probe_bf16_matmul", lambda *a: Bf16Probe("s", bf16_ms=1.0, float32_ms=3.0))
     for plain in (optimize(model), optimize(model, bf16_in_float32=False)):  # bf16 faster, or switched off
         assert not any(m.bf16_in_float32 for m in plain.modules() if isinstance(m, EngineLinear))
         reset_call_counts()

@@ -57,7 +57,7 @@ from torch import nn
 from vitkit.engine import cvt, swin, vit
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
-from vitkit.engine.probe import Bf16Probe, LinearProbe, kernel_probes, probe_bf16_matmul, probe_linear
+from vitkit.engine.probe import LinearProbe, bf16_probe, kernel_probes, probe_linear
 from vitkit.engine.training import training_path
 from vitkit.errors import VitkitError
 from vitkit.kernels import unavailable_reason
@@ -110,7 +110,8 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
         slower_kernels = [p.kernel for p in probes if not p.use_kernel]
     native = settings.native_kernels and not slower_kernels
     bf16_in_float32 = False  # bf16 matmuls as float32 products of the bf16 values, where the probe finds it faster
-    if settings.bf16_in_float32 and settings.probe and (probe := _probe_bf16(model, onednn)) is not None:
+    onednn_bf16, onednn_float32 = onednn["bfloat16"] and HAS_BF16_FUSED_LINEAR, onednn["float32"] and HAS_FUSED_LINEAR
+    if settings.bf16_in_float32 and settings.probe and (probe := bf16_probe(model, onednn_bf16, onednn_float32)):
         report.probes.append(probe)
         bf16_in_float32 = probe.use_float32
     effective = dataclasses.replace(  # what runs
@@ -169,17 +170,6 @@ def _probe_linears(model: nn.Module, bf16: bool) -> list[LinearProbe]:
     if bf16 and HAS_BF16_FUSED_LINEAR:
         probes.append(probe_linear(torch.bfloat16, fc.in_features, fc.out_features, threads))
     return probes
-
-
-def _probe_bf16(model: nn.Module, onednn: dict[str, bool]) -> Bf16Probe | None:
-    """bf16 against float32 products of bf16 values on the model's widest MLP input layer, on the CPU (the first one
-    of a Swin or CvT is too small for the matmul's speed to show)."""
-    layers = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.endswith("mlp.fc1")]
-    if not layers or layers[0].weight.device.type != "cpu":
-        return None
-    fc, threads = max(layers, key=lambda m: m.in_features), torch.get_num_threads()
-    onednn_bf16, onednn_float32 = onednn["bfloat16"] and HAS_BF16_FUSED_LINEAR, onednn["float32"] and HAS_FUSED_LINEAR
-    return probe_bf16_matmul(fc.in_features, fc.out_features, threads, onednn_bf16, onednn_float32)
 
 
 __all__ = ["EngineSettings", "OptimizationReport", "is_optimized", "optimize", "training_path"]

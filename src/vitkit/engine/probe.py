@@ -149,6 +149,16 @@ def probe_bf16_matmul(
     return Bf16Probe(f"{ROWS}x{in_features} -> {out_features} + GELU", bf16_ms, float32_ms)
 
 
+def bf16_probe(model: torch.nn.Module, onednn_bf16: bool, onednn_float32: bool) -> Bf16Probe | None:
+    """:func:`probe_bf16_matmul` on the model's widest MLP input layer (the first one of a Swin or CvT is too small
+    for the matmul's speed to show); None for a model off the CPU or without one."""
+    layers = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name.endswith("mlp.fc1")]
+    if not layers or layers[0].weight.device.type != "cpu":
+        return None
+    fc = max(layers, key=lambda m: m.in_features)
+    return probe_bf16_matmul(fc.in_features, fc.out_features, torch.get_num_threads(), onednn_bf16, onednn_float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelProbe:
     kernel: str  # "attention" or "window_attention"
