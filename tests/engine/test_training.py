@@ -278,3 +278,65 @@ def test_cvt_with_gradient_checkpointing_keeps_its_forward():
     model.set_grad_checkpointing(True)
     with training_path(model) as applies:
         assert not applies
+
+
+# --- bf16 linears as float32 products, where float32 matmuls are faster (CPUs without AMX) ----------------------
+@pytest.fixture
+def float32_faster(monkeypatch):
+    from vitkit.engine import probe
+
+    monkeypatch.setattr(probe, "probe_bf16_matmul", lambda *a: probe.Bf16Probe("s", bf16_ms=3.0, float32_ms=1.0))
+
+
+def test_a_bf16_linear_as_float32_products_gives_autocasts_numbers_and_gradients():
+    from vitkit.engine.training import _bf16_linear_forward
+
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(6, 64, requires_grad=True)
+    results = []
+    for forward in (None, _bf16_linear_forward):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x) if forward is None else forward(layer, x)
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        results.append([y.float(), layer.weight.grad, layer.bias.grad, x.grad])
+    one_ulp = dict(atol=1e-5, rtol=2**-7)  # the same bf16 products, summed in another order, then rounded
+    for ours, autocast in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, autocast, **one_ulp)
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "cvt"])
+def test_bf16_training_runs_every_linear_as_float32_products_where_that_is_faster(family, float32_faster):
+    from vitkit.engine.training import _bf16_linear_forward, shortcuts
+
+    model = tiny(family)
+    x = torch.randn(2, 3, *model.data_config["input_size"][1:])
+    assert not any(fn is _bf16_linear_forward for _, fn in shortcuts(model))  # float32 step: not this one
+    fp32, plain, shortcut = (copy.deepcopy(model) for _ in range(3))
+    ref_logits, ref_grads = step(fp32, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain_logits, plain_grads = step(plain, x)
+        linears = [m for m in shortcut.modules() if type(m) is torch.nn.Linear]
+        assert {m for m, fn in shortcuts(shortcut) if fn is _bf16_linear_forward} == set(linears)
+        with training_path(shortcut) as applies:
+            logits, grads = step(shortcut, x)
+        checkpointed = copy.deepcopy(model)
+        checkpointed.set_grad_checkpointing(True)
+        assert not any(fn is _bf16_linear_forward for _, fn in shortcuts(checkpointed))
+    assert applies and logits.dtype == plain_logits.dtype == torch.bfloat16
+    assert all(g is not None for g in grads)
+
+    def distance(a, b) -> float:
+        return float(torch.cat([t.float().flatten() for t in a]).sub(torch.cat([t.flatten() for t in b])).norm())
+
+    assert distance([logits], [ref_logits]) <= 1.5 * distance([plain_logits], [ref_logits]) + 1e-3
+    assert distance(grads, ref_grads) <= 1.5 * distance(plain_grads, ref_grads) + 1e-3
+
+
+def test_bf16_training_keeps_bf16_linears_where_bf16_is_faster():
+    from vitkit.engine.training import _bf16_linear_forward, shortcuts
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the untimed probe of the tests says bf16 (as with AMX)
+        assert not any(fn is _bf16_linear_forward for _, fn in shortcuts(tiny("swin")))

@@ -65,8 +65,9 @@ def _mean_ms(fn, reps: int) -> float:
 
 
 def _race(first, second, flops: int) -> tuple[float, float]:
-    """Fastest mean ms of each of two no-grad calls over alternating rounds (``flops``: of one call)."""
-    with torch.inference_mode():
+    """Fastest mean ms of each of two no-grad calls over alternating rounds (``flops``: of one call); each runs in the
+    dtypes it is written in (a probe may be called inside an autocast region: the first training step's)."""
+    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
         first(), second()  # first calls: oneDNN builds its primitives, the allocator warms up
         reps = max(1, min(20, int(2e8 // flops)))  # about a millisecond or more per timing
         times: tuple[list[float], list[float]] = ([], [])

@@ -16,6 +16,9 @@ model's logits and gradients:
   magnitude slower than the float32 one (benchmarks/README.md); float32 there is the more precise of the two, so
   the numbers differ from the plain autocast pass by bf16 rounding, not more. The other shortcuts match the plain
   pass to float rounding.
+* Any model under CPU bf16 autocast where the probe (:mod:`vitkit.engine.probe`) finds float32 matmuls faster than
+  bf16 ones (CPUs without AMX): every Linear as float32 products of the bf16 values, forward and backward, which
+  are the bf16 matmul's numbers to summation order at the float32 rate (the saved inputs take float32 memory).
 
 :func:`training_path` makes ``model(x)`` take these paths while it is active; ``vitkit train`` and the training
 benchmarks wrap each forward pass in it. It swaps instance ``forward`` methods only while active, so the model's
@@ -32,9 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitkit.engine import probe
 from vitkit.engine.conditions import is_tracing, native_call
 from vitkit.engine.model import has_hooks
-from vitkit.engine.probe import kernel_probes
 from vitkit.kernels import window_attention as window_kernel
 from vitkit.layers import attention
 from vitkit.models import cvt, swin, vit
@@ -109,10 +112,36 @@ def _cvt_strided_projection_forward(self: cvt.ConvProj, x: torch.Tensor) -> torc
         return type(self).forward(self, x.float())  # (B, h*w, C) float32; the linears after it cast to bf16
 
 
+def _bf16_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``forward`` of a Linear under CPU bf16 autocast as float32 products of the bf16 values: the product of two
+    bf16 numbers is exact in float32 and bf16 matmuls sum in float32, so the output (rounded to bf16, as autocast's)
+    and the gradients (of bf16 values, rounded to bf16) are autocast's to summation order, at the float32 rate."""
+    if autocast_dtype("cpu") != torch.bfloat16 or x.device.type != "cpu" or is_tracing():
+        return type(self).forward(self, x)
+    w = self.weight.to(torch.bfloat16).float()
+    b = None if self.bias is None else self.bias.to(torch.bfloat16).float()
+    with torch.autocast("cpu", enabled=False):
+        return F.linear(x.to(torch.bfloat16).float(), w, b).to(torch.bfloat16)
+
+
 def shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
     """(module, the ``forward`` it takes on the training path) for each shortcut that applies to ``model``."""
     if type(model).forward is not VisionModel.forward:
         return []  # a subclass with its own forward (an optimized model has its own paths), or not a vitkit model
+    return _family_shortcuts(model) + _bf16_linear_shortcuts(model)
+
+
+def _bf16_linear_shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
+    """Every Linear, when the step runs under CPU bf16 autocast where the probe finds float32 matmuls faster."""
+    if autocast_dtype("cpu") != torch.bfloat16 or any(getattr(m, "grad_checkpointing", False) for m in model.modules()):
+        return []  # (a recomputed block must save tensors of the same dtypes)
+    bf16 = probe.bf16_probe(model, False, False)  # the plain ops, as autocast runs them
+    if bf16 is None or not bf16.use_float32:
+        return []
+    return [(m, _bf16_linear_forward) for m in model.modules() if type(m) is nn.Linear]
+
+
+def _family_shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
     if isinstance(model, vit.VisionTransformer):
         cls_head = model.config.class_token and model.config.global_pool == "token" and len(model.blocks) > 0
         return [(model, _vit_cls_row_forward)] if cls_head else []
@@ -121,7 +150,7 @@ def shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
             return []  # a checkpointed block is recomputed after the path is gone: it must run the same ops
         if not native_kernels_enabled() or window_kernel.library() is None:
             return []
-        if not all(p.use_kernel for p in kernel_probes(model)):
+        if not all(p.use_kernel for p in probe.kernel_probes(model)):
             return []  # a build that is slower than PyTorch's attention on this CPU (the probe is kept per process)
         return [(m, _swin_block_forward) for m in model.modules() if type(m) is swin.SwinBlock]
     if isinstance(model, cvt.CvT):
