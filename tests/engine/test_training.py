@@ -293,13 +293,15 @@ def test_a_bf16_linear_as_float32_products_gives_autocasts_numbers_and_gradients
 
     layer = torch.nn.Linear(64, 48)
     x = torch.randn(6, 64, requires_grad=True)
-    results = []
+    results, saved = [], []
     for forward in (None, _bf16_linear_forward):
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t)
+        with hooks, torch.autocast("cpu", dtype=torch.bfloat16):
             y = layer(x) if forward is None else forward(layer, x)
-        assert y.dtype == torch.bfloat16
+        assert y.dtype == torch.bfloat16 and set(saved) == {torch.bfloat16}  # autocast's memory for what it keeps
+        saved.clear()
         y.float().square().sum().backward()
         results.append([y.float(), layer.weight.grad, layer.bias.grad, x.grad])
     one_ulp = dict(atol=1e-5, rtol=2**-7)  # the same bf16 products, summed in another order, then rounded

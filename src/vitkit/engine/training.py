@@ -18,7 +18,7 @@ model's logits and gradients:
   pass to float rounding.
 * Any model under CPU bf16 autocast where the probe (:mod:`vitkit.engine.probe`) finds float32 matmuls faster than
   bf16 ones (CPUs without AMX): every Linear as float32 products of the bf16 values, forward and backward, which
-  are the bf16 matmul's numbers to summation order at the float32 rate (the saved inputs take float32 memory).
+  are the bf16 matmul's numbers to summation order at the float32 rate; it saves the bf16 tensors, as autocast does.
 
 :func:`training_path` makes ``model(x)`` take these paths while it is active; ``vitkit train`` and the training
 benchmarks wrap each forward pass in it. It swaps instance ``forward`` methods only while active, so the model's
@@ -112,16 +112,41 @@ def _cvt_strided_projection_forward(self: cvt.ConvProj, x: torch.Tensor) -> torc
         return type(self).forward(self, x.float())  # (B, h*w, C) float32; the linears after it cast to bf16
 
 
+class _Bf16ValuesLinear(torch.autograd.Function):
+    """``x W^T + b`` of the bf16 values, as float32 products, forward and backward: the product of two bf16 numbers
+    is exact in float32 and bf16 matmuls sum in float32, so the output and gradients (rounded to bf16, then to each
+    input's dtype) are autocast's to summation order. Saves the bf16 tensors, as autocast does (same memory)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x16, w16 = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        ctx.save_for_backward(x16, w16)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        b = None if bias is None else bias.to(torch.bfloat16).float()
+        with torch.autocast("cpu", enabled=False):
+            return F.linear(x16.float(), w16.float(), b).to(torch.bfloat16)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x16, w16 = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        g = grad.to(torch.bfloat16).float().flatten(0, -2)  # (rows, out)
+        gx = gw = gb = None
+        with torch.autocast("cpu", enabled=False):
+            if ctx.needs_input_grad[0]:
+                gx = (g @ w16.float()).to(torch.bfloat16).to(x_dtype).view(*x16.shape)
+            if ctx.needs_input_grad[1]:
+                gw = (g.T @ x16.flatten(0, -2).float()).to(torch.bfloat16).to(w_dtype)
+            if b_dtype is not None and ctx.needs_input_grad[2]:
+                gb = g.sum(0).to(torch.bfloat16).to(b_dtype)
+        return gx, gw, gb
+
+
 def _bf16_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``forward`` of a Linear under CPU bf16 autocast as float32 products of the bf16 values: the product of two
-    bf16 numbers is exact in float32 and bf16 matmuls sum in float32, so the output (rounded to bf16, as autocast's)
-    and the gradients (of bf16 values, rounded to bf16) are autocast's to summation order, at the float32 rate."""
+    """``forward`` of a Linear under CPU bf16 autocast: float32 products of the bf16 values (``_Bf16ValuesLinear``)."""
     if autocast_dtype("cpu") != torch.bfloat16 or x.device.type != "cpu" or is_tracing():
         return type(self).forward(self, x)
-    w = self.weight.to(torch.bfloat16).float()
-    b = None if self.bias is None else self.bias.to(torch.bfloat16).float()
-    with torch.autocast("cpu", enabled=False):
-        return F.linear(x.to(torch.bfloat16).float(), w, b).to(torch.bfloat16)
+    return _Bf16ValuesLinear.apply(x, self.weight, self.bias)
 
 
 def shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionType]]:
