@@ -39,11 +39,7 @@ from vitkit.settings import c_compiler_name, kernel_arch_flags, kernel_cache_dir
 from vitkit.utils.io import sha256_file
 
 SOURCE_DIR = Path(__file__).parent
-ARCH_FLAGS = (
-    ("-march=native",),
-    ("-mcpu=native",),
-    (),
-)  # the first one the compiler accepts ($VITKIT_KERNEL_ARCH: that)
+ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())  # the first the compiler takes; $VITKIT_KERNEL_ARCH replaces
 COMPILE_TIMEOUT_S = 120.0
 VERSION_TIMEOUT_S = 30.0
 
