@@ -26,6 +26,11 @@ def step(model: torch.nn.Module, x: torch.Tensor, seed: int = 1) -> tuple[torch.
     return logits.detach(), [p.grad for p in model.parameters()]
 
 
+def distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Euclidean distance between two lists of tensors taken as one vector (``a`` may be bf16)."""
+    return float(torch.cat([t.float().flatten() for t in a]).sub(torch.cat([t.flatten() for t in b])).norm())
+
+
 def same_step_both_ways(model: torch.nn.Module, x: torch.Tensor, atol: float = 1e-6) -> bool:
     """One step of ``model`` and of a copy on the training path give the same logits and every gradient; returns
     whether a shortcut applied. Leaves the copy's ``forward`` methods as they were."""
@@ -252,9 +257,6 @@ def test_cvt_strided_projections_run_in_float32_under_bf16_autocast_only():
     assert applies and strided
     assert set(plain_dtypes) == {torch.bfloat16} and set(seen) == {torch.float32} and len(seen) == len(plain_dtypes)
 
-    def distance(a, b) -> float:
-        return float(torch.cat([t.float().flatten() for t in a]).sub(torch.cat([t.flatten() for t in b])).norm())
-
     assert distance([logits], [ref_logits]) <= 1.5 * distance([plain_logits], [ref_logits]) + 1e-3
     assert distance(grads, ref_grads) <= 1.5 * distance(plain_grads, ref_grads) + 1e-3
 
@@ -329,9 +331,6 @@ def test_bf16_training_runs_every_linear_as_float32_products_where_that_is_faste
         assert not any(fn is _bf16_linear_forward for _, fn in shortcuts(checkpointed))
     assert applies and logits.dtype == plain_logits.dtype == torch.bfloat16
     assert all(g is not None for g in grads)
-
-    def distance(a, b) -> float:
-        return float(torch.cat([t.float().flatten() for t in a]).sub(torch.cat([t.flatten() for t in b])).norm())
 
     assert distance([logits], [ref_logits]) <= 1.5 * distance([plain_logits], [ref_logits]) + 1e-3
     assert distance(grads, ref_grads) <= 1.5 * distance(plain_grads, ref_grads) + 1e-3
