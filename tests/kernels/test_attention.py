@@ -7,7 +7,10 @@ import torch.nn.functional as F
 from vitkit.kernels import attention as native
 from vitkit.kernels import call_counts, compiler, reset_call_counts
 
-pytestmark = pytest.mark.skipif(compiler() is None, reason="no C compiler (test_library checks the fallback)")
+pytestmark = [
+    pytest.mark.skipif(compiler() is None, reason="no C compiler (test_library checks the fallback)"),
+    pytest.mark.usefixtures("kernel_build"),  # every vector width this CPU runs (conftest)
+]
 
 
 def reference(q, k, v, scale):

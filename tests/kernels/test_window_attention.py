@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from vitkit.kernels import compiler
 from vitkit.kernels import window_attention as native
 
-pytestmark = pytest.mark.skipif(compiler() is None, reason="no C compiler (test_library checks the fallback)")
+pytestmark = [
+    pytest.mark.skipif(compiler() is None, reason="no C compiler (test_library checks the fallback)"),
+    pytest.mark.usefixtures("kernel_build"),  # every vector width this CPU runs (conftest)
+]
 
 
 def reference(qkv, bias, heads, window, shift, scale):

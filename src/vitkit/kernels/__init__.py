@@ -2,11 +2,12 @@
 
 Only where PyTorch has no fast op for a hot loop (Swin's window attention, in inference and with a backward pass for
 training; small multi-head attention in inference). Each kernel is one C file beside this package (with the shared
-``vec16.h``), built with the system C compiler at ``-O3 -march=native`` (``-fopenmp`` where PyTorch runs on GNU
-OpenMP, so the kernel shares its threads) into the user's private cache (:mod:`vitkit.kernels.library` says how the
-cache is trusted and each file verified). The Python wrappers check every shape before a pointer reaches C and count
-their calls (:func:`call_counts`), so a benchmark can say what actually ran. Which kernel runs when is decided by
-the engine (:mod:`vitkit.engine`: ``optimize`` and ``training_path``).
+``vec.h``: vectors and register blocks of the width the build targets), built with the system C compiler at ``-O3
+-march=native`` (``-fopenmp`` where PyTorch runs on GNU OpenMP, so the kernel shares its threads) into the user's
+private cache (:mod:`vitkit.kernels.library` says how the cache is trusted and each file verified). The Python
+wrappers check every shape before a pointer reaches C and count their calls (:func:`call_counts`), so a benchmark can
+say what actually ran. Which kernel runs when is decided by the engine (:mod:`vitkit.engine`: ``optimize`` and
+``training_path``).
 """
 
 from collections import Counter

@@ -2,15 +2,21 @@
  *
  * Why a kernel: PyTorch's CPU SDPA runs small problems (CvT-13's last stage: 197 queries x 50 keys x 64, ViT's
  * 197 x 197 x 64) well below what its matmuls reach (benchmarks/README.md), and the caller then copies the
- * (B, heads, N, d) result into (B, N, heads * d). Here K is transposed once per task into a 16-aligned
- * panel, 4 query rows at a time run Q K^T -> softmax -> P V with the scores in L1, and each output row is
- * written straight into the caller's (B, N, heads, d) layout.
+ * (B, heads, N, d) result into (B, N, heads * d). Here K is transposed once per task into a panel
+ * padded to 32 columns, 4 query rows at a time run Q K^T -> softmax -> P V with the scores in L1, and each output row is
+ * written straight into the caller's (B, N, heads, d) layout. Register blocks: 4 rows by as many vectors as vec.h's
+ * accumulator budget allows (AVX-512: 32 score columns, 64 output channels; AVX2: 16 and 16).
  *
  * q, k, v, out: float32 with unit stride over the d channels and any strides (in floats) over batch, head and
  * token, e.g. q = qkv[..., :C] of a fused projection viewed (B, N, heads, d). No mask, no dropout.
- * vitkit.kernels builds it with -O3 -march=native on first use (vec16.h: vectors, exp, threads).
+ * vitkit.kernels builds it with -O3 -march=native on first use (vec.h: vectors, exp, threads).
  */
-#include "vec16.h"
+#include "vec.h"
+
+/* score block: 4 rows x SV vectors (at most 32 columns: the keys are padded to a multiple of 32); output block: 4
+ * rows x OV vectors of channels */
+#define SV (ACC / 4 < 32 / VW ? ACC / 4 : 32 / VW)
+#define OV (ACC / 4)
 
 typedef struct {
   const float *q, *k, *v;
@@ -30,12 +36,12 @@ static void run_task(const void *ctx, int task, float *buf) {
   const float *v = J->v + b * J->vs[0] + h * J->vs[1];
   float *out = J->out + b * J->os[0] + h * J->os[1];
   float *kT = buf, *vb = kT + (size_t)hd * nkp, *s = vb + (size_t)Nk * hd, *mask = s + 4 * (size_t)nkp;
-  for (int t0 = 0; t0 < nkp; t0 += 16) /* K (Nk x hd, strided) -> kT (hd x nkp); columns >= Nk zero */
-    for (int d0 = 0; d0 < hd; d0 += 16) {
-      v16 r[16];
-      for (int i = 0; i < 16; i++) r[i] = t0 + i < Nk ? ld(k + (t0 + i) * J->ks[2] + d0) : (v16){};
-      transpose16(r);
-      for (int i = 0; i < 16; i++) st(kT + (d0 + i) * nkp + t0, r[i]);
+  for (int t0 = 0; t0 < nkp; t0 += VW) /* K (Nk x hd, strided) -> kT (hd x nkp); columns >= Nk zero */
+    for (int d0 = 0; d0 < hd; d0 += VW) {
+      vf r[VW];
+      for (int i = 0; i < VW; i++) r[i] = t0 + i < Nk ? ld(k + (t0 + i) * J->ks[2] + d0) : (vf){};
+      transpose(r);
+      for (int i = 0; i < VW; i++) st(kT + (d0 + i) * nkp + t0, r[i]);
     }
   for (int t = 0; t < Nk; t++) memcpy(vb + (size_t)t * hd, v + t * J->vs[2], sizeof(float) * hd);
   for (int j = 0; j < nkp; j++) mask[j] = j < Nk ? 0.f : -__builtin_inff();
@@ -43,22 +49,21 @@ static void run_task(const void *ctx, int task, float *buf) {
   for (int i0 = i_start; i0 < i_end; i0 += 4) {
     const float *qr[4];
     for (int r = 0; r < 4; r++) qr[r] = q + (i0 + r < i_end ? i0 + r : i_end - 1) * J->qs[2];
-    /* scores: 4 rows x 32 columns at a time */
-    v16 m[4] = {0};
-    for (int j0 = 0; j0 < nkp; j0 += 32) {
-      v16 a[4][2] = {{{0}}};
+    /* scores: 4 rows x SV vectors of columns at a time */
+    vf m[4] = {0};
+    for (int j0 = 0; j0 < nkp; j0 += SV * VW) {
+      vf a[4][SV] = {{{0}}};
       const float *kc = kT + j0;
       for (int d = 0; d < hd; d++) {
-        v16 k0 = ld(kc + d * nkp), k1 = ld(kc + d * nkp + 16);
-        for (int r = 0; r < 4; r++) {
-          a[r][0] += qr[r][d] * k0;
-          a[r][1] += qr[r][d] * k1;
-        }
+        vf kv[SV];
+        for (int c = 0; c < SV; c++) kv[c] = ld(kc + d * nkp + VW * c);
+        for (int r = 0; r < 4; r++)
+          for (int c = 0; c < SV; c++) a[r][c] += qr[r][d] * kv[c];
       }
       for (int r = 0; r < 4; r++)
-        for (int c = 0; c < 2; c++) {
-          v16 z = a[r][c] * J->scale + ld(mask + j0 + 16 * c);
-          st(s + r * nkp + j0 + 16 * c, z);
+        for (int c = 0; c < SV; c++) {
+          vf z = a[r][c] * J->scale + ld(mask + j0 + VW * c);
+          st(s + r * nkp + j0 + VW * c, z);
           m[r] = j0 || c ? vmax(m[r], z) : z;
         }
     }
@@ -66,29 +71,29 @@ static void run_task(const void *ctx, int task, float *buf) {
     for (int r = 0; r < 4; r++) {
       const float mx = hmax(m[r]);
       float *sr = s + r * nkp;
-      v16 sum = {0};
-      for (int j0 = 0; j0 < nkp; j0 += 16) {
-        v16 e = vexp(ld(sr + j0) - mx);
+      vf sum = {0};
+      for (int j0 = 0; j0 < nkp; j0 += VW) {
+        vf e = vexp(ld(sr + j0) - mx);
         st(sr + j0, e);
         sum += e;
       }
       inv[r] = 1.f / hsum(sum);
     }
-    /* out = P V / sum: 4 rows x 64 channels at a time (fewer at the end of hd) */
-    for (int d0 = 0; d0 < hd; d0 += 64) {
-      const int nb = (hd - d0) / 16 < 4 ? (hd - d0) / 16 : 4;
-      v16 a[4][4] = {{{0}}};
+    /* out = P V / sum: 4 rows x OV vectors of channels at a time (fewer at the end of hd) */
+    for (int d0 = 0; d0 < hd; d0 += OV * VW) {
+      const int nb = (hd - d0) / VW < OV ? (hd - d0) / VW : OV;
+      vf a[4][OV] = {{{0}}};
       for (int j = 0; j < Nk; j++) {
         const float *vr = vb + (size_t)j * hd + d0;
-        v16 x[4];
-        for (int c = 0; c < 4; c++) x[c] = c < nb ? ld(vr + 16 * c) : (v16){};
+        vf x[OV];
+        for (int c = 0; c < OV; c++) x[c] = c < nb ? ld(vr + VW * c) : (vf){};
         for (int r = 0; r < 4; r++) {
           const float p = s[r * nkp + j];
-          for (int c = 0; c < 4; c++) a[r][c] += p * x[c];
+          for (int c = 0; c < OV; c++) a[r][c] += p * x[c];
         }
       }
       for (int r = 0; r < 4 && i0 + r < i_end; r++)
-        for (int c = 0; c < nb; c++) st(out + (i0 + r) * J->os[2] + d0 + 16 * c, a[r][c] * inv[r]);
+        for (int c = 0; c < nb; c++) st(out + (i0 + r) * J->os[2] + d0 + VW * c, a[r][c] * inv[r]);
     }
   }
 }

@@ -19,9 +19,14 @@
  *        the backward pass, which writes dqkv (B, H, W, 3C) (every token lies in one window: each written once) and
  *        dbias (B * nW, heads, n, n), the gradient of the scores, which the caller sums over windows for the bias.
  *
- * vitkit.kernels builds it with -O3 -march=native on first use (vec16.h: vectors, exp, threads).
+ * vitkit.kernels builds it with -O3 -march=native on first use (vec.h: vectors, exp, threads). Register blocks: scores
+ * 4 rows by SV vectors of columns, weighted sums 8 rows by WV vectors of channels, as many as vec.h's accumulator
+ * budget allows (AVX-512: 64 columns, 32 channels; AVX2: 16 and 8).
  */
-#include "vec16.h"
+#include "vec.h"
+
+#define SV (ACC / 4)
+#define WV (ACC / 8)
 
 typedef struct {
   const float *qkv, *bias;
@@ -31,47 +36,55 @@ typedef struct {
   float scale;
 } job_t;
 
-/* s[r][j0 + c] = scale q_r . kT[:, j0 + c] + bias_r[j0 + c] for 4 rows and NB x 16 columns; inlined with NB a
+/* s[r][j0 + c] = scale q_r . kT[:, j0 + c] + bias_r[j0 + c] for 4 rows and NB vectors of columns; inlined with NB a
  * constant, so the 4 x NB accumulators stay in registers */
 static inline __attribute__((always_inline)) void scores(const float *const *qr, const float *const *br,
                                                         const float *kT, float *s, int j0, int hd, int np,
                                                         float scale, const int NB) {
-  v16 a[4][4] = {{{0}}};
+  vf a[4][SV] = {{{0}}};
   for (int d = 0; d < hd; d++) {
-    v16 k[4];
-    for (int c = 0; c < NB; c++) k[c] = ld(kT + d * np + j0 + 16 * c);
+    vf k[SV];
+    for (int c = 0; c < NB; c++) k[c] = ld(kT + d * np + j0 + VW * c);
     for (int r = 0; r < 4; r++)
       for (int c = 0; c < NB; c++) a[r][c] += qr[r][d] * k[c];
   }
   for (int r = 0; r < 4; r++)
-    for (int c = 0; c < NB; c++) st(s + r * np + j0 + 16 * c, a[r][c] * scale + ld(br[r] + j0 + 16 * c));
+    for (int c = 0; c < NB; c++) st(s + r * np + j0 + VW * c, a[r][c] * scale + ld(br[r] + j0 + VW * c));
 }
 
-/* out[r] = (p_r . V) * p_r[np - 1] (1 / the row sum) over 16 NB channels, for 8 rows of P (rows < live written);
+/* out[r] = (p_r . V) * p_r[np - 1] (1 / the row sum) over NB vectors of channels, for 8 rows of P (rows < live written);
  * V row j at v + off[j], out row r at out + out_off[r] / DIV (token offsets in qkv: DIV 3 for a C-wide map, 1 for
  * the 3C-wide gradient of qkv); 8 x NB accumulators */
 static inline __attribute__((always_inline)) void weighted_sum(const float *p, const float *v, const long *off,
                                                               const long *out_off, int live, int n, int np,
                                                               float *out, const int NB, const int DIV) {
-  v16 a[8][2] = {{{0}}};
+  vf a[8][WV] = {{{0}}};
   for (int j = 0; j < n; j++) {
-    v16 x[2];
-    for (int c = 0; c < NB; c++) x[c] = ld(v + off[j] + 16 * c);
+    vf x[WV];
+    for (int c = 0; c < NB; c++) x[c] = ld(v + off[j] + VW * c);
     for (int r = 0; r < 8; r++)
       for (int c = 0; c < NB; c++) a[r][c] += p[r * np + j] * x[c];
   }
   for (int r = 0; r < 8 && r < live; r++)
-    for (int c = 0; c < NB; c++) st(out + out_off[r] / DIV + 16 * c, a[r][c] * p[r * np + np - 1]);
+    for (int c = 0; c < NB; c++) st(out + out_off[r] / DIV + VW * c, a[r][c] * p[r * np + np - 1]);
+}
+
+/* weighted_sum over all hd channels: blocks of WV vectors, then single vectors */
+static inline void weighted_sums(const float *p, const float *v, const long *off, const long *out_off, int live, int n,
+                                 int np, int hd, float *out, const int DIV) {
+  int d0 = 0;
+  for (; d0 + WV * VW <= hd; d0 += WV * VW) weighted_sum(p, v + d0, off, out_off, live, n, np, out + d0, WV, DIV);
+  for (; d0 < hd; d0 += VW) weighted_sum(p, v + d0, off, out_off, live, n, np, out + d0, 1, DIV);
 }
 
 /* rows [0, nr) of out (np x np) = the transpose of in's n x n corner, zero elsewhere, column np - 1 = last */
 static void transpose_corner(const float *in, float *out, int n, int nr, int np, float last) {
-  for (int i0 = 0; i0 < np; i0 += 16)
-    for (int j0 = 0; j0 < nr; j0 += 16) {
-      v16 r[16];
-      for (int i = 0; i < 16; i++) r[i] = i0 + i < n ? ld(in + (i0 + i) * np + j0) : (v16){};
-      transpose16(r);
-      for (int j = 0; j < 16 && j0 + j < nr; j++) st(out + (j0 + j) * np + i0, r[j]);
+  for (int i0 = 0; i0 < np; i0 += VW)
+    for (int j0 = 0; j0 < nr; j0 += VW) {
+      vf r[VW];
+      for (int i = 0; i < VW; i++) r[i] = i0 + i < n ? ld(in + (i0 + i) * np + j0) : (vf){};
+      transpose(r);
+      for (int j = 0; j < VW && j0 + j < nr; j++) st(out + (j0 + j) * np + i0, r[j]);
     }
   for (int j = 0; j < nr; j++) {
     for (int i = n; i < np; i++) out[j * np + i] = 0.f;
@@ -81,12 +94,12 @@ static void transpose_corner(const float *in, float *out, int n, int nr, int np,
 
 /* rows (n x hd, row t at src + off[t]) -> dst (hd x np): their transpose, columns >= n zero */
 static void transpose_rows(const float *src, const long *off, float *dst, int n, int np, int hd) {
-  for (int t0 = 0; t0 < np; t0 += 16)
-    for (int d0 = 0; d0 < hd; d0 += 16) {
-      v16 r[16];
-      for (int i = 0; i < 16; i++) r[i] = t0 + i < n ? ld(src + off[t0 + i] + d0) : (v16){};
-      transpose16(r);
-      for (int i = 0; i < 16; i++) st(dst + (d0 + i) * np + t0, r[i]);
+  for (int t0 = 0; t0 < np; t0 += VW)
+    for (int d0 = 0; d0 < hd; d0 += VW) {
+      vf r[VW];
+      for (int i = 0; i < VW; i++) r[i] = t0 + i < n ? ld(src + off[t0 + i] + d0) : (vf){};
+      transpose(r);
+      for (int i = 0; i < VW; i++) st(dst + (d0 + i) * np + t0, r[i]);
     }
 }
 
@@ -114,7 +127,7 @@ static void run_window(const void *ctx, int task, float *buf) {
     const float *q = J->qkv + (size_t)h * hd, *k = q + C, *v = q + 2 * C; /* token t's: + off[t] */
     const float *bias = bias_w + (size_t)h * n * np;
     transpose_rows(k, off, kT, n, np, hd); /* K (n x hd) -> kT (hd x np) */
-    /* S = scale Q K^T + bias: 4 rows x 64 columns at a time */
+    /* S = scale Q K^T + bias: 4 rows x SV vectors of columns at a time */
     for (int i0 = 0; i0 < nr; i0 += 4) {
       const float *qr[4], *br[4];
       for (int r = 0; r < 4; r++) {
@@ -122,18 +135,18 @@ static void run_window(const void *ctx, int task, float *buf) {
         qr[r] = q + off[i], br[r] = bias + i * np;
       }
       int j0 = 0;
-      for (; j0 + 64 <= np; j0 += 64) scores(qr, br, kT, s + i0 * np, j0, hd, np, J->scale, 4);
-      for (; j0 < np; j0 += 16) scores(qr, br, kT, s + i0 * np, j0, hd, np, J->scale, 1);
+      for (; j0 + SV * VW <= np; j0 += SV * VW) scores(qr, br, kT, s + i0 * np, j0, hd, np, J->scale, SV);
+      for (; j0 < np; j0 += VW) scores(qr, br, kT, s + i0 * np, j0, hd, np, J->scale, 1);
     }
     /* softmax per row; 1 / row sum kept in the spare column np - 1 (columns >= n are -inf: weight 0) */
     for (int i = 0; i < nr; i++) {
       float *si = s + i * np;
-      v16 m = ld(si);
-      for (int j0 = 16; j0 < np; j0 += 16) m = vmax(m, ld(si + j0));
+      vf m = ld(si);
+      for (int j0 = VW; j0 < np; j0 += VW) m = vmax(m, ld(si + j0));
       const float mx = hmax(m);
-      v16 sum = {0};
-      for (int j0 = 0; j0 < np; j0 += 16) {
-        v16 e = vexp(ld(si + j0) - mx);
+      vf sum = {0};
+      for (int j0 = 0; j0 < np; j0 += VW) {
+        vf e = vexp(ld(si + j0) - mx);
         st(si + j0, e);
         sum += e;
       }
@@ -144,13 +157,9 @@ static void run_window(const void *ctx, int task, float *buf) {
       for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++) p[i * n + j] = s[i * np + j] * s[i * np + np - 1];
     }
-    /* O = P V / sum: 8 rows x 32 channels at a time, each row written at its token's place in the map */
+    /* O = P V / sum: 8 rows x WV vectors of channels at a time, each row written at its token's place in the map */
     float *out = J->out + (size_t)h * hd;
-    for (int i0 = 0; i0 < nr; i0 += 8)
-      for (int d0 = 0; d0 < hd; d0 += 32) {
-        if (hd - d0 >= 32) weighted_sum(s + i0 * np, v + d0, off, off + i0, n - i0, n, np, out + d0, 2, 3);
-        else weighted_sum(s + i0 * np, v + d0, off, off + i0, n - i0, n, np, out + d0, 1, 3);
-      }
+    for (int i0 = 0; i0 < nr; i0 += 8) weighted_sums(s + i0 * np, v, off, off + i0, n - i0, n, np, hd, out, 3);
   }
 }
 
@@ -203,37 +212,27 @@ static void run_window_backward(const void *ctx, int task, float *buf) {
         br[r] = J->zeros;
       }
       int j0 = 0;
-      for (; j0 + 64 <= np; j0 += 64) scores(qr, br, vT, ds + i0 * np, j0, hd, np, 1.f, 4);
-      for (; j0 < np; j0 += 16) scores(qr, br, vT, ds + i0 * np, j0, hd, np, 1.f, 1);
+      for (; j0 + SV * VW <= np; j0 += SV * VW) scores(qr, br, vT, ds + i0 * np, j0, hd, np, 1.f, SV);
+      for (; j0 < np; j0 += VW) scores(qr, br, vT, ds + i0 * np, j0, hd, np, 1.f, 1);
     }
     for (int i = 0; i < nr; i++) { /* dS = P (dP - rowsum(P dP)), kept for the bias; spare column: scale */
       float *di = ds + i * np;
       const float *pi = p + i * np;
-      v16 acc = {0};
-      for (int j0 = 0; j0 < np; j0 += 16) acc += ld(pi + j0) * ld(di + j0);
+      vf acc = {0};
+      for (int j0 = 0; j0 < np; j0 += VW) acc += ld(pi + j0) * ld(di + j0);
       const float dot = hsum(acc);
-      for (int j0 = 0; j0 < np; j0 += 16) st(di + j0, ld(pi + j0) * (ld(di + j0) - dot));
+      for (int j0 = 0; j0 < np; j0 += VW) st(di + j0, ld(pi + j0) * (ld(di + j0) - dot));
       if (i < n)
         for (int j = 0; j < n; j++) dsh[i * n + j] = di[j];
       di[np - 1] = J->scale;
     }
     for (int i0 = 0; i0 < nr; i0 += 8) /* dQ = scale dS K */
-      for (int d0 = 0; d0 < hd; d0 += 32) {
-        if (hd - d0 >= 32) weighted_sum(ds + i0 * np, k + d0, off, off + i0, n - i0, n, np, dq + d0, 2, 1);
-        else weighted_sum(ds + i0 * np, k + d0, off, off + i0, n - i0, n, np, dq + d0, 1, 1);
-      }
+      weighted_sums(ds + i0 * np, k, off, off + i0, n - i0, n, np, hd, dq, 1);
     transpose_corner(ds, t, n, nr, np, J->scale); /* dK = scale dS^T Q */
-    for (int i0 = 0; i0 < nr; i0 += 8)
-      for (int d0 = 0; d0 < hd; d0 += 32) {
-        if (hd - d0 >= 32) weighted_sum(t + i0 * np, q + d0, off, off + i0, n - i0, n, np, dk + d0, 2, 1);
-        else weighted_sum(t + i0 * np, q + d0, off, off + i0, n - i0, n, np, dk + d0, 1, 1);
-      }
+    for (int i0 = 0; i0 < nr; i0 += 8) weighted_sums(t + i0 * np, q, off, off + i0, n - i0, n, np, hd, dk, 1);
     transpose_corner(p, t, n, nr, np, 1.f); /* dV = P^T dO */
     for (int i0 = 0; i0 < nr; i0 += 8)
-      for (int d0 = 0; d0 < hd; d0 += 32) {
-        if (hd - d0 >= 32) weighted_sum(t + i0 * np, dout + d0, off_out, off + i0, n - i0, n, np, dv + d0, 2, 1);
-        else weighted_sum(t + i0 * np, dout + d0, off_out, off + i0, n - i0, n, np, dv + d0, 1, 1);
-      }
+      weighted_sums(t + i0 * np, dout, off_out, off + i0, n - i0, n, np, hd, dv, 1);
   }
 }
 

@@ -1,41 +1,73 @@
-/* Shared by vitkit's native kernels: 16-float vectors (GCC / Clang vector extensions, so one source compiles for
- * AVX-512, AVX2 or NEON), a vectorised exp for softmax, a 16 x 16 transpose, and a parallel loop over tasks that
- * runs on PyTorch's own OpenMP threads when built with -fopenmp (vitkit.kernels decides), else on pthreads. */
-#ifndef VITKIT_VEC16_H
-#define VITKIT_VEC16_H
+/* Shared by vitkit's native kernels: float vectors of the CPU's own width (GCC / Clang vector extensions: 16 floats
+ * with AVX-512, 8 with AVX / AVX2, 4 with SSE or NEON), the number of them a register block may hold, a vectorised exp
+ * for softmax, a VW x VW transpose, and a parallel loop over tasks that runs on PyTorch's own OpenMP threads when
+ * built with -fopenmp (vitkit.kernels decides), else on pthreads.
+ *
+ * Why the width is the CPU's: a vector wider than the registers is split by the compiler, and GCC does that through
+ * the stack (every broadcast and every accumulator a store and a load), which made an AVX2 build of 16-float code
+ * many times slower than PyTorch. The kernels size their register blocks from VW and VREGS instead. */
+#ifndef VITKIT_VEC_H
+#define VITKIT_VEC_H
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef float v16 __attribute__((vector_size(64), aligned(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
-typedef int32_t v16i __attribute__((vector_size(64), aligned(64)));
+#if defined(__AVX512F__)
+#define VW 16 /* floats per vector */
+#define VREGS 32 /* vector registers */
+#elif defined(__AVX__)
+#define VW 8
+#define VREGS 16
+#elif defined(__aarch64__)
+#define VW 4
+#define VREGS 32
+#else
+#define VW 4
+#define VREGS 16
+#endif
+/* accumulators a register block may use: half the registers, the rest for the loaded operands and broadcasts */
+#define ACC (VREGS / 2)
+
+typedef float vf __attribute__((vector_size(4 * VW), aligned(4 * VW)));
+typedef float vfu __attribute__((vector_size(4 * VW), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(4 * VW), aligned(4 * VW)));
 
 #if defined(__clang__)
 #define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
-#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (v16i){__VA_ARGS__})
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (vi){__VA_ARGS__})
 #endif
 
-static inline v16 ld(const float *p) { return *(const v16u *)p; }
-static inline void st(float *p, v16 v) { *(v16u *)p = v; }
-static inline v16 vmax(v16 a, v16 b) {
-  v16i gt = a > b;
-  return (v16)(((v16i)a & gt) | ((v16i)b & ~gt));
+static inline vf ld(const float *p) { return *(const vfu *)p; }
+static inline void st(float *p, vf v) { *(vfu *)p = v; }
+static inline vf vmax(vf a, vf b) {
+  vi gt = a > b;
+  return (vf)(((vi)a & gt) | ((vi)b & ~gt));
 }
-/* horizontal max / sum as a tree of 4 shuffles (a loop over the 16 lanes is a 15-long chain of scalar ops) */
-#define HALVES(a, op)                                                                               \
-  a = op(a, SHUFFLE(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));                  \
-  a = op(a, SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));                  \
-  a = op(a, SHUFFLE(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));                  \
+/* horizontal max / sum as a tree of log2(VW) shuffles (a loop over the lanes is a long chain of scalar ops) */
+#if VW == 16
+#define HALVES(a, op)                                                              \
+  a = op(a, SHUFFLE(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)); \
+  a = op(a, SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)); \
+  a = op(a, SHUFFLE(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)); \
   a = op(a, SHUFFLE(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
-static inline v16 vadd(v16 a, v16 b) { return a + b; }
-static inline float hmax(v16 a) {
+#elif VW == 8
+#define HALVES(a, op)                                  \
+  a = op(a, SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3));   \
+  a = op(a, SHUFFLE(a, a, 2, 3, 0, 1, 6, 7, 4, 5));   \
+  a = op(a, SHUFFLE(a, a, 1, 0, 3, 2, 5, 4, 7, 6));
+#else
+#define HALVES(a, op)                      \
+  a = op(a, SHUFFLE(a, a, 2, 3, 0, 1));   \
+  a = op(a, SHUFFLE(a, a, 1, 0, 3, 2));
+#endif
+static inline vf vadd(vf a, vf b) { return a + b; }
+static inline float hmax(vf a) {
   HALVES(a, vmax)
   return a[0];
 }
-static inline float hsum(v16 a) {
+static inline float hsum(vf a) {
   HALVES(a, vadd)
   return a[0];
 }
@@ -43,19 +75,19 @@ static inline float hsum(v16 a) {
 /* e^x for x <= 0 (softmax after the max is subtracted); relative error < 2e-7, exactly 0 below -87 (e^x leaves
  * float32's normal range at -87.3; a masked score, e.g. Swin's -100, must not become a weight whose products with
  * the values are denormal) */
-static inline v16 vexp(v16 x) {
-  v16i normal = x >= -87.f;
-  x = vmax(x, (v16){} - 87.f);
-  v16 fn = (x * 1.44269504f + 12582912.f) - 12582912.f; /* round to nearest: x / ln 2 */
-  v16 r = x - fn * 0.693145752f - fn * 1.42860677e-06f; /* x - fn ln 2, in two parts */
-  v16 y = 1.98756912e-4f * r + 1.39819994e-3f;
+static inline vf vexp(vf x) {
+  vi normal = x >= -87.f;
+  x = vmax(x, (vf){} - 87.f);
+  vf fn = (x * 1.44269504f + 12582912.f) - 12582912.f; /* round to nearest: x / ln 2 */
+  vf r = x - fn * 0.693145752f - fn * 1.42860677e-06f; /* x - fn ln 2, in two parts */
+  vf y = 1.98756912e-4f * r + 1.39819994e-3f;
   y = y * r + 8.33345205e-3f;
   y = y * r + 4.16657962e-2f;
   y = y * r + 1.66666657e-1f;
   y = y * r + 5.0e-1f;
   y = y * r * r + r + 1.f;
-  y = y * (v16)((__builtin_convertvector(fn, v16i) + 127) << 23); /* times 2^fn */
-  return (v16)((v16i)y & normal);
+  y = y * (vf)((__builtin_convertvector(fn, vi) + 127) << 23); /* times 2^fn */
+  return (vf)((vi)y & normal);
 }
 
 /* Denormal floats as zero while a kernel runs on a thread (x86: MXCSR's FTZ and DAZ bits; AArch64: FPCR.FZ). A
@@ -83,14 +115,16 @@ static inline unsigned long flush_denormals(void) { return 0; }
 static inline void restore_denormals(unsigned long old) { (void)old; }
 #endif
 
-/* 16 x 16 transpose of r[0..15]: each stage swaps one bit of the index between rows and columns */
-#define SWAP_BIT(s, LO, HI)         \
-  for (int i = 0; i < 16; i++)      \
-    if (!(i & s)) {                 \
-      v16 a = r[i], b = r[i + s];   \
-      r[i] = SHUFFLE(a, b, LO);     \
-      r[i + s] = SHUFFLE(a, b, HI); \
+/* VW x VW transpose of r[0..VW-1]: stage s pairs rows i and i + s and swaps blocks of s lanes between them (bit s of
+ * the index moves from the column to the row); LOs / HIs pick the first / second half of each pair */
+#define SWAP_BIT(s, LO, HI)           \
+  for (int i = 0; i < VW; i++)        \
+    if (!(i & s)) {                   \
+      vf a = r[i], b = r[i + s];      \
+      r[i] = SHUFFLE(a, b, LO);       \
+      r[i + s] = SHUFFLE(a, b, HI);   \
     }
+#if VW == 16
 #define LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
 #define HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
 #define LO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
@@ -99,11 +133,28 @@ static inline void restore_denormals(unsigned long old) { (void)old; }
 #define HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
 #define LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
 #define HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
-static inline void transpose16(v16 *r) {
+#elif VW == 8
+#define LO1 0, 8, 2, 10, 4, 12, 6, 14
+#define HI1 1, 9, 3, 11, 5, 13, 7, 15
+#define LO2 0, 1, 8, 9, 4, 5, 12, 13
+#define HI2 2, 3, 10, 11, 6, 7, 14, 15
+#define LO4 0, 1, 2, 3, 8, 9, 10, 11
+#define HI4 4, 5, 6, 7, 12, 13, 14, 15
+#else
+#define LO1 0, 4, 2, 6
+#define HI1 1, 5, 3, 7
+#define LO2 0, 1, 4, 5
+#define HI2 2, 3, 6, 7
+#endif
+static inline void transpose(vf *r) {
   SWAP_BIT(1, LO1, HI1)
   SWAP_BIT(2, LO2, HI2)
+#if VW >= 8
   SWAP_BIT(4, LO4, HI4)
+#endif
+#if VW == 16
   SWAP_BIT(8, LO8, HI8)
+#endif
 }
 
 /* fn(ctx, task, scratch) for every task in [0, tasks), over nthreads threads, each with its own zeroed scratch
