@@ -9,7 +9,7 @@ from tests.tiny import tiny_overrides
 from vitkit.engine import optimize
 from vitkit.engine import probe as probe_module
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
-from vitkit.engine.probe import KERNEL_MARGIN, MARGIN, Bf16Probe, KernelProbe, LinearProbe, probe_linear
+from vitkit.engine.probe import KERNEL_MARGIN, MARGIN, Bf16Probe, GeluProbe, KernelProbe, LinearProbe, probe_linear
 from vitkit.kernels import call_counts, compiler, reset_call_counts
 
 needs_onednn = pytest.mark.skipif(not HAS_FUSED_LINEAR, reason="PyTorch built without oneDNN")
@@ -204,3 +204,53 @@ def test_where_float32_is_faster_bf16_runs_as_float32_products(name, monkeypatch
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             plain(x)
         assert call_counts() == {}  # the kernels are float32-only: bf16 runs PyTorch's attention
+
+
+# --- GELU in oneDNN's epilogue or after the matmul -----------------------------------------------------------------
+def test_gelu_runs_after_the_matmul_only_where_that_is_clearly_faster():
+    assert GeluProbe("s", epilogue_ms=1.0, after_ms=1.0).use_epilogue
+    assert GeluProbe("s", epilogue_ms=1.0, after_ms=1.0 / MARGIN + 1e-9).use_epilogue
+    slow = GeluProbe("256x8 -> 16", epilogue_ms=1.3, after_ms=1.0)
+    assert not slow.use_epilogue and slow.line().startswith("probe float32 GELU 256x8 -> 16")
+    assert slow.line().endswith("-> GELU after the matmul") and slow.record()["use_epilogue"] is False
+
+
+@needs_onednn
+@pytest.mark.real_probes
+def test_the_gelu_probe_times_both_on_the_widest_mlp_layer():
+    model = tiny("swin_tiny_patch4_window7_224")
+    widest = max((m for n, m in model.named_modules() if n.endswith("mlp.fc1")), key=lambda m: m.in_features)
+    p = probe_module.gelu_probe(model)
+    assert p.shape == f"256x{widest.in_features} -> {widest.out_features}"
+    assert 0 < p.epilogue_ms < 1e3 and 0 < p.after_ms < 1e3
+    assert probe_module.gelu_probe(model) is p  # kept for the process
+
+
+def gelu_calls(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """How many times a forward pass runs PyTorch's in-place GELU."""
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(x)
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::gelu_")
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "swin_tiny_patch4_window7_224", "cvt_13_224"])
+def test_where_pytorchs_gelu_is_faster_it_runs_after_onednns_matmul(name, monkeypatch):
+    model = tiny(name)
+    x = torch.randn(2, *model.data_config["input_size"])
+    fc1s = [m for n, m in model.named_modules() if n.endswith("mlp.fc1")]
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize(model)
+    assert any(isinstance(p, GeluProbe) and p.use_epilogue for p in fast.optimization.probes)
+    assert gelu_calls(fast, x) == 0
+
+    monkeypatch.setattr(probe_module, "probe_gelu", lambda *a: GeluProbe("s", epilogue_ms=2.0, after_ms=1.0))
+    after = optimize(model)
+    assert all(not m.gelu_epilogue for m in after.modules() if isinstance(m, EngineLinear))
+    assert "GELU after the matmul" in "\n".join(after.optimization.lines())
+    # every MLP but a [CLS]-only last block's (that one runs on one row per image)
+    assert len(fc1s) - 1 <= gelu_calls(after, x) <= len(fc1s)
+    with torch.no_grad():
+        torch.testing.assert_close(after(x), ref, atol=1e-5, rtol=1e-5)
+    assert all(not isinstance(p, GeluProbe) for p in optimize(model, fused_linear=False).optimization.probes)

@@ -57,7 +57,7 @@ from torch import nn
 from vitkit.engine import cvt, swin, vit
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
-from vitkit.engine.probe import LinearProbe, bf16_probe, kernel_probes, probe_linear
+from vitkit.engine.probe import LinearProbe, bf16_probe, gelu_probe, kernel_probes, probe_linear
 from vitkit.engine.training import training_path
 from vitkit.errors import VitkitError
 from vitkit.kernels import unavailable_reason
@@ -114,6 +114,10 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     if settings.bf16_in_float32 and settings.probe and (probe := bf16_probe(model, onednn_bf16, onednn_float32)):
         report.probes.append(probe)
         bf16_in_float32 = probe.use_float32
+    gelu_epilogue = True  # oneDNN's float32 matmuls run GELU in their epilogue, unless PyTorch's after them is faster
+    if onednn_float32 and settings.probe and (probe := gelu_probe(model)):
+        report.probes.append(probe)
+        gelu_epilogue = probe.use_epilogue
     effective = dataclasses.replace(  # what runs
         settings, fused_linear=onednn["float32"], native_kernels=native, bf16_in_float32=bf16_in_float32
     )
@@ -130,6 +134,7 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
         elif type(module) is nn.Linear and (pack or settings.lowp_linear):
             module.__class__ = EngineLinear
             module.cast_once, module.bf16_in_float32 = settings.lowp_linear, bf16_in_float32
+            module.gelu_epilogue = gelu_epilogue
             module.onednn = onednn["float32" if bf16_in_float32 else "bfloat16"]  # for the dtype bf16 matmuls run in
             w = module.weight
             what = ["bf16 / fp16 matmuls: weights cast once"] if settings.lowp_linear else []

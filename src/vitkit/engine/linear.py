@@ -22,10 +22,20 @@ HAS_BF16_FUSED_LINEAR = HAS_FUSED_LINEAR and getattr(torch.ops.mkldnn, "_is_mkld
 ONEDNN_DTYPES = {d for d, ok in ((torch.float32, HAS_FUSED_LINEAR), (torch.bfloat16, HAS_BF16_FUSED_LINEAR)) if ok}
 
 
-def _matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, onednn: bool, gelu: bool) -> torch.Tensor:
-    """``gelu?(x @ w.T + b)``: oneDNN's fused op on its packed weight, else the plain ops."""
+def _onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool, epilogue: bool) -> torch.Tensor:
+    """``gelu?(x @ w.T + b)`` by oneDNN: GELU in the matmul's epilogue, or PyTorch's after it in place (``epilogue``
+    False: faster where oneDNN's GELU code is slow, e.g. its AVX2 one)."""
+    if gelu and not epilogue:
+        return torch.ops.aten.gelu_(torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "none"))
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu" if gelu else "none", [], "none")
+
+
+def _matmul(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, onednn: bool, gelu: bool, epilogue: bool = True
+) -> torch.Tensor:
+    """``gelu?(x @ w.T + b)``: oneDNN's op on its packed weight, else the plain ops."""
     if onednn:
-        return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu" if gelu else "none", [], "none")
+        return _onednn(x, w, b, gelu, epilogue)
     y = F.linear(x, w, b)
     return F.gelu(y) if gelu else y
 
@@ -39,7 +49,7 @@ def linear(x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torc
         elif fused and HAS_FUSED_LINEAR and layer.weight.dtype == x.dtype:
             w = layer.weight
     if w is not None and residual is None:
-        return torch.ops.mkldnn._linear_pointwise(x, w, layer.bias, "gelu" if gelu else "none", [], "none")
+        return _onednn(x, w, layer.bias, gelu, getattr(layer, "gelu_epilogue", True))
     if w is not None and not gelu:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, layer.bias, "add")
     if type(layer) is EngineLinear and (dtype := layer.call_dtype(x)) is not None:
@@ -76,6 +86,7 @@ class EngineLinear(nn.Linear):
     cast_once: bool = True  # bf16 / fp16 matmuls with the weight cast once (else autocast's own casts)
     onednn: bool = True  # may bf16 matmuls take oneDNN's path (set by optimize from fused_linear and the probe)
     bf16_in_float32: bool = False  # bf16 matmuls as float32 products of the bf16 values (set by optimize's probe)
+    gelu_epilogue: bool = True  # float32 oneDNN matmuls: GELU in the epilogue, else after (set by optimize's probe)
     packed: torch.Tensor | None = None  # the float32 weight in oneDNN's layout; then no plain ``weight`` parameter
 
     def pack(self) -> None:
@@ -182,7 +193,7 @@ class EngineLinear(nn.Linear):
         x = x.to(dtype)
         if compute != dtype:  # bf16 values, their products and sums in float32 (exact products, as bf16 kernels)
             with torch.autocast(x.device.type, enabled=False):
-                y = _matmul(x.to(compute), w, b, onednn, gelu).to(dtype)
+                y = _matmul(x.to(compute), w, b, onednn, gelu, self.gelu_epilogue).to(dtype)
             return y if residual is None else residual + y
         if onednn and residual is not None and residual.dtype == dtype and not gelu:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")

@@ -37,7 +37,7 @@ class OptimizationReport:
     settings: EngineSettings
     swaps: Counter = field(default_factory=Counter)  # (reference class, engine class, what it does) -> modules
     kernels: dict[str, str] = field(default_factory=dict)  # kernel -> "ready" or why it is not used
-    probes: list = field(default_factory=list)  # vitkit.engine.probe's Linear / KernelProbe: measured, and chosen
+    probes: list = field(default_factory=list)  # vitkit.engine.probe's probes: what was measured, and chosen
 
     def lines(self) -> list[str]:
         out = [f"{n} x {ref} -> {new}: {what}" for (ref, new, what), n in self.swaps.items()]

@@ -1,13 +1,15 @@
 """Which CPU path is faster here, measured, not assumed: oneDNN's fused linear or PyTorch's plain ``F.linear`` (MKL /
-oneDNN's matmul without the epilogue), and each native attention kernel or PyTorch's attention.
+oneDNN's matmul without the epilogue), GELU in oneDNN's epilogue or after the matmul, and each native attention kernel
+or PyTorch's attention.
 
 Which one wins depends on the CPU (vector width, AMX, the BLAS PyTorch was built with) and the dtype, so
 :func:`vitkit.optimize` times both on the model's own MLP shape once per process and takes oneDNN's epilogues only
-where they are not slower. The native kernels keep their working set in 32 vector registers of 16 floats
-(AVX-512); built for a CPU with fewer or narrower registers (AVX2, NEON), the compiler spills it to the stack and a
-kernel can be many times slower than PyTorch's attention, so each kernel is also timed against PyTorch's op on the
-model's head shape before it is used (by the engine and by the training shortcuts). A probe is a short run of both
-on one shape; its result is kept for the process and recorded in the optimization report.
+where they are not slower (oneDNN's GELU epilogue for AVX2 is slower than PyTorch's GELU run after the matmul, for
+example). The native kernels size their register blocks for the vector width they are built for, but a build for
+another CPU, or a compiler that vectorises them badly, can still leave a kernel slower than PyTorch's attention, so
+each kernel is also timed against PyTorch's op on the model's head shape before it is used (by the engine and by the
+training shortcuts). A probe is a short run of both on one shape; its result is kept for the process and recorded in
+the optimization report.
 """
 
 import dataclasses
@@ -64,17 +66,18 @@ def _mean_ms(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps * 1e3
 
 
-def _race(first, second, flops: int) -> tuple[float, float]:
-    """Fastest mean ms of each of two no-grad calls over alternating rounds (``flops``: of one call); each runs in the
-    dtypes it is written in (a probe may be called inside an autocast region: the first training step's)."""
+def _race(*calls, flops: int) -> tuple[float, ...]:
+    """Fastest mean ms of each no-grad call over alternating rounds (``flops``: of one call); each runs in the dtypes
+    it is written in (a probe may be called inside an autocast region: the first training step's)."""
     with torch.inference_mode(), torch.autocast("cpu", enabled=False):
-        first(), second()  # first calls: oneDNN builds its primitives, the allocator warms up
+        for call in calls:  # first calls: oneDNN builds its primitives, the allocator warms up
+            call()
         reps = max(1, min(20, int(2e8 // flops)))  # about a millisecond or more per timing
-        times: tuple[list[float], list[float]] = ([], [])
+        times: list[list[float]] = [[] for _ in calls]
         for _ in range(ROUNDS):
-            times[0].append(_mean_ms(first, reps))
-            times[1].append(_mean_ms(second, reps))
-    return min(times[0]), min(times[1])
+            for call, row in zip(calls, times, strict=True):
+                row.append(_mean_ms(call, reps))
+    return tuple(min(row) for row in times)
 
 
 @functools.lru_cache(maxsize=64)
@@ -96,8 +99,60 @@ def probe_linear(dtype: torch.dtype, in_features: int, out_features: int, thread
     def plain():
         return F.gelu(F.linear(x, w, b))
 
-    onednn_ms, plain_ms = _race(onednn, plain, 2 * ROWS * in_features * out_features)
+    onednn_ms, plain_ms = _race(onednn, plain, flops=2 * ROWS * in_features * out_features)
     return LinearProbe(name, shape, onednn_ms, plain_ms)
+
+
+@dataclasses.dataclass(frozen=True)
+class GeluProbe:
+    shape: str
+    epilogue_ms: float  # GELU in oneDNN's matmul epilogue
+    after_ms: float  # oneDNN's matmul, then PyTorch's GELU in place
+
+    @property
+    def use_epilogue(self) -> bool:
+        return self.after_ms * MARGIN >= self.epilogue_ms
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self) | {"use_epilogue": self.use_epilogue}
+
+    def line(self) -> str:
+        winner = "GELU in the epilogue" if self.use_epilogue else "GELU after the matmul"
+        return (
+            f"probe float32 GELU {self.shape}: in oneDNN's epilogue {self.epilogue_ms:.3f} ms, PyTorch's after the "
+            f"matmul {self.after_ms:.3f} ms -> {winner}"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def probe_gelu(in_features: int, out_features: int, threads: int) -> GeluProbe:
+    """oneDNN's float32 ``gelu(x @ w.T + b)`` for a (ROWS, in_features) input with GELU in its epilogue, against its
+    matmul followed by PyTorch's GELU in place. ``threads`` keys the cache."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(ROWS, in_features, generator=g)
+    w = torch.ops.mkldnn._reorder_linear_weight(torch.randn(out_features, in_features, generator=g))
+    b = torch.zeros(out_features)
+    epilogue_ms, after_ms = _race(
+        lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none"),
+        lambda: torch.ops.aten.gelu_(torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "none")),
+        flops=2 * ROWS * in_features * out_features,
+    )
+    return GeluProbe(f"{ROWS}x{in_features} -> {out_features}", epilogue_ms, after_ms)
+
+
+def gelu_probe(model: torch.nn.Module) -> GeluProbe | None:
+    """:func:`probe_gelu` on the model's widest MLP input layer; None for a model off the CPU or without one."""
+    fc = widest_mlp_input(model)
+    return None if fc is None else probe_gelu(fc.in_features, fc.out_features, torch.get_num_threads())
+
+
+def widest_mlp_input(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's widest MLP input layer on the CPU (a Swin's or CvT's first one is too small for the matmul's and
+    its epilogue's speed to show), or None."""
+    layers = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name.endswith("mlp.fc1")]
+    if not layers or layers[0].weight.device.type != "cpu":
+        return None
+    return max(layers, key=lambda m: m.in_features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,18 +200,16 @@ def probe_bf16_matmul(
     bf16_ms, float32_ms = _race(
         lambda: run(x, w, b, onednn_bf16),
         lambda: run(x.float(), w32, b32, onednn_float32).bfloat16(),
-        2 * ROWS * in_features * out_features,
+        flops=2 * ROWS * in_features * out_features,
     )
     return Bf16Probe(f"{ROWS}x{in_features} -> {out_features} + GELU", bf16_ms, float32_ms)
 
 
 def bf16_probe(model: torch.nn.Module, onednn_bf16: bool, onednn_float32: bool) -> Bf16Probe | None:
-    """:func:`probe_bf16_matmul` on the model's widest MLP input layer (the first one of a Swin or CvT is too small
-    for the matmul's speed to show); None for a model off the CPU or without one."""
-    layers = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name.endswith("mlp.fc1")]
-    if not layers or layers[0].weight.device.type != "cpu":
+    """:func:`probe_bf16_matmul` on the model's widest MLP input layer; None for a model off the CPU or without one."""
+    fc = widest_mlp_input(model)
+    if fc is None:
         return None
-    fc = max(layers, key=lambda m: m.in_features)
     return probe_bf16_matmul(fc.in_features, fc.out_features, torch.get_num_threads(), onednn_bf16, onednn_float32)
 
 
@@ -197,7 +250,9 @@ def probe_attention(heads: int, head_dim: int, threads: int) -> KernelProbe:
         return lambda: fn(q, k, v, scale=scale).transpose(1, 2).reshape(B, N, C)
 
     kernel_ms, torch_ms = _race(
-        attend(attention_kernel.attention), attend(F.scaled_dot_product_attention), 4 * B * heads * N * N * head_dim
+        attend(attention_kernel.attention),
+        attend(F.scaled_dot_product_attention),
+        flops=4 * B * heads * N * N * head_dim,
     )
     return KernelProbe("attention", f"2 x {heads} heads x {N} tokens x {head_dim}", kernel_ms, torch_ms)
 
@@ -227,7 +282,7 @@ def probe_window_attention(heads: int, head_dim: int, window: int, threads: int)
     kernel_ms, torch_ms = _race(
         lambda: window_kernel.window_attention(qkv, padded, heads, window, shift, scale),
         pytorch,
-        4 * B * 4 * heads * n * n * head_dim,
+        flops=4 * B * 4 * heads * n * n * head_dim,
     )
     shape = f"2 x {heads} heads x 4 windows of {window}x{window} x {head_dim}"
     return KernelProbe("window_attention", shape, kernel_ms, torch_ms)
