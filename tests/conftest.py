@@ -13,9 +13,8 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _untimed_probes(request, monkeypatch):
-    """The engine's kernel probes say "kernel", its bf16 probe "bf16" and its GELU probe "epilogue" without timing
-    anything: which path a test sees must not depend on this machine or its load. Tests marked ``real_probes`` time
-    them."""
+    """The engine's kernel probes say "kernel" and its bf16 probe "bf16" without timing anything: which path a test
+    sees must not depend on this machine or its load. Tests marked ``real_probes`` time them."""
     if request.node.get_closest_marker("real_probes"):
         return
     from vitkit.engine import probe
@@ -26,7 +25,6 @@ def _untimed_probes(request, monkeypatch):
     monkeypatch.setattr(probe, "probe_attention", fake("attention"))
     monkeypatch.setattr(probe, "probe_window_attention", fake("window_attention"))
     monkeypatch.setattr(probe, "probe_bf16_matmul", lambda *args: probe.Bf16Probe("not timed", 1.0, 1.0))
-    monkeypatch.setattr(probe, "probe_gelu", lambda *args: probe.GeluProbe("not timed", 1.0, 1.0))
 
 
 def randomize_(module: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:

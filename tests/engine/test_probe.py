@@ -9,7 +9,7 @@ from tests.tiny import tiny_overrides
 from vitkit.engine import optimize
 from vitkit.engine import probe as probe_module
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
-from vitkit.engine.probe import KERNEL_MARGIN, MARGIN, Bf16Probe, GeluProbe, KernelProbe, LinearProbe, probe_linear
+from vitkit.engine.probe import KERNEL_MARGIN, MARGIN, Bf16Probe, KernelProbe, LinearProbe, probe_linear
 from vitkit.kernels import call_counts, compiler, reset_call_counts
 
 needs_onednn = pytest.mark.skipif(not HAS_FUSED_LINEAR, reason="PyTorch built without oneDNN")
@@ -21,18 +21,27 @@ def tiny(name: str) -> torch.nn.Module:
 
 
 def test_the_plain_ops_must_be_clearly_faster_to_be_chosen():
-    assert LinearProbe("float32", "s", onednn_ms=1.0, plain_ms=1.0).use_onednn
-    assert LinearProbe("float32", "s", onednn_ms=1.0, plain_ms=1.0 / MARGIN + 1e-9).use_onednn
-    assert not LinearProbe("float32", "s", onednn_ms=1.0, plain_ms=0.5).use_onednn
-    line = LinearProbe("bfloat16", "256x8 -> 16 + GELU", onednn_ms=1.0, plain_ms=0.5).line()
+    assert LinearProbe("float32", "s", onednn_ms=1.0, plain_ms=1.0, after_ms=2.0).use_onednn
+    assert LinearProbe("float32", "s", onednn_ms=1.0, plain_ms=1.0 / MARGIN + 1e-9, after_ms=2.0).use_onednn
+    assert not LinearProbe("float32", "s", onednn_ms=1.0, plain_ms=0.5, after_ms=2.0).use_onednn
+    line = LinearProbe("bfloat16", "256x8 -> 16 + GELU", onednn_ms=1.0, plain_ms=0.5, after_ms=2.0).line()
     assert "bfloat16 256x8 -> 16 + GELU" in line and line.endswith("-> plain F.linear")
 
 
+def test_gelu_runs_after_onednns_matmul_only_where_that_is_clearly_faster():
+    assert LinearProbe("float32", "s", onednn_ms=1.0, plain_ms=2.0, after_ms=1.0).gelu_epilogue
+    assert LinearProbe("float32", "s", onednn_ms=1.0, plain_ms=2.0, after_ms=1.0 / MARGIN + 1e-9).gelu_epilogue
+    after = LinearProbe("float32", "256x8 -> 16 + GELU", onednn_ms=1.3, plain_ms=1.2, after_ms=1.0)
+    assert not after.gelu_epilogue and after.use_onednn  # oneDNN then GELU beats the plain ops, which beat the fused
+    assert after.line().endswith("-> oneDNN, GELU after it") and after.record()["gelu_epilogue"] is False
+    assert not LinearProbe("float32", "s", onednn_ms=1.3, plain_ms=0.9, after_ms=1.0).use_onednn
+
+
 @needs_onednn
-def test_a_probe_times_both_paths_and_is_kept_for_the_process():
+def test_a_probe_times_the_three_paths_and_is_kept_for_the_process():
     result = probe_linear(torch.float32, 24, 40, torch.get_num_threads())
     assert result.dtype == "float32" and result.shape == "256x24 -> 40 + GELU"
-    assert 0 < result.onednn_ms < 1e3 and 0 < result.plain_ms < 1e3
+    assert 0 < result.onednn_ms < 1e3 and 0 < result.plain_ms < 1e3 and 0 < result.after_ms < 1e3
     assert probe_linear(torch.float32, 24, 40, torch.get_num_threads()) is result
 
 
@@ -44,15 +53,15 @@ def test_optimize_records_the_probe_and_follows_its_choice(name, monkeypatch):
     with torch.no_grad():
         ref = model(x)
     fast = optimize(model)
-    fc1 = next(m for n, m in model.named_modules() if n.endswith("mlp.fc1"))
+    fc1 = max((m for n, m in model.named_modules() if n.endswith("mlp.fc1")), key=lambda m: m.in_features)
     linears = linear_probes(fast)
     assert [p.dtype for p in linears] == ["float32", "bfloat16"][: 1 + HAS_BF16_FUSED_LINEAR]
-    assert all(f"-> {fc1.out_features} + GELU" in p.shape for p in linears)
+    assert all(p.shape == f"256x{fc1.in_features} -> {fc1.out_features} + GELU" for p in linears)  # the widest
     assert any(line.startswith("probe float32") for line in fast.optimization.lines())
     assert fast.optimization.to_dict()["probes"][0]["use_onednn"] in (True, False)
 
     # a CPU where the plain ops win: the blocks and the linears take them, with the same numbers
-    slow = lambda dtype, i, o, threads: LinearProbe(str(dtype).removeprefix("torch."), "s", 2.0, 1.0)
+    slow = lambda dtype, i, o, threads: LinearProbe(str(dtype).removeprefix("torch."), "s", 2.0, 1.0, 2.0)
     monkeypatch.setattr(vitkit.engine, "probe_linear", slow)
     plain = optimize(model)
     assert all(not getattr(m, "fused", False) for m in plain.modules())
@@ -95,7 +104,7 @@ def test_probe_module_measures_only_where_onednn_exists(monkeypatch):
 
 # --- the native kernels' probes ------------------------------------------------------------------------------------
 def test_a_kernel_is_dropped_only_where_pytorch_is_clearly_faster():
-    assert KernelProbe("attention", "s", kernel_ms=1.5, torch_ms=1.0).use_kernel  # near: the kernel stays
+    assert KernelProbe("attention", "s", kernel_ms=1.05, torch_ms=1.0).use_kernel  # near: the kernel stays
     assert KernelProbe("attention", "s", kernel_ms=KERNEL_MARGIN, torch_ms=1.0).use_kernel
     slow = KernelProbe("window_attention", "2 x 3 heads", kernel_ms=20.0, torch_ms=1.0)
     assert not slow.use_kernel and slow.line().endswith("-> PyTorch") and "window_attention 2 x 3 heads" in slow.line()
@@ -207,25 +216,6 @@ def test_where_float32_is_faster_bf16_runs_as_float32_products(name, monkeypatch
 
 
 # --- GELU in oneDNN's epilogue or after the matmul -----------------------------------------------------------------
-def test_gelu_runs_after_the_matmul_only_where_that_is_clearly_faster():
-    assert GeluProbe("s", epilogue_ms=1.0, after_ms=1.0).use_epilogue
-    assert GeluProbe("s", epilogue_ms=1.0, after_ms=1.0 / MARGIN + 1e-9).use_epilogue
-    slow = GeluProbe("256x8 -> 16", epilogue_ms=1.3, after_ms=1.0)
-    assert not slow.use_epilogue and slow.line().startswith("probe float32 GELU 256x8 -> 16")
-    assert slow.line().endswith("-> GELU after the matmul") and slow.record()["use_epilogue"] is False
-
-
-@needs_onednn
-@pytest.mark.real_probes
-def test_the_gelu_probe_times_both_on_the_widest_mlp_layer():
-    model = tiny("swin_tiny_patch4_window7_224")
-    widest = max((m for n, m in model.named_modules() if n.endswith("mlp.fc1")), key=lambda m: m.in_features)
-    p = probe_module.gelu_probe(model)
-    assert p.shape == f"256x{widest.in_features} -> {widest.out_features}"
-    assert 0 < p.epilogue_ms < 1e3 and 0 < p.after_ms < 1e3
-    assert probe_module.gelu_probe(model) is p  # kept for the process
-
-
 def gelu_calls(model: torch.nn.Module, x: torch.Tensor) -> int:
     """How many times a forward pass runs PyTorch's in-place GELU."""
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -236,21 +226,24 @@ def gelu_calls(model: torch.nn.Module, x: torch.Tensor) -> int:
 @needs_onednn
 @pytest.mark.parametrize("name", ["vit_small_patch16_224", "swin_tiny_patch4_window7_224", "cvt_13_224"])
 def test_where_pytorchs_gelu_is_faster_it_runs_after_onednns_matmul(name, monkeypatch):
+    """A CPU whose oneDNN GELU epilogue is slow (AVX2): oneDNN's matmul, then PyTorch's GELU in place; same numbers."""
     model = tiny(name)
     x = torch.randn(2, *model.data_config["input_size"])
     fc1s = [m for n, m in model.named_modules() if n.endswith("mlp.fc1")]
     with torch.no_grad():
         ref = model(x)
-    fast = optimize(model)
-    assert any(isinstance(p, GeluProbe) and p.use_epilogue for p in fast.optimization.probes)
-    assert gelu_calls(fast, x) == 0
 
-    monkeypatch.setattr(probe_module, "probe_gelu", lambda *a: GeluProbe("s", epilogue_ms=2.0, after_ms=1.0))
+    def probe(after_ms):
+        return lambda dtype, *a: LinearProbe(str(dtype).removeprefix("torch."), "s", 1.0, 2.0, after_ms)
+
+    monkeypatch.setattr(vitkit.engine, "probe_linear", probe(after_ms=1.0))
+    assert gelu_calls(optimize(model), x) == 0  # GELU in the epilogue
+    monkeypatch.setattr(vitkit.engine, "probe_linear", probe(after_ms=0.5))
     after = optimize(model)
-    assert all(not m.gelu_epilogue for m in after.modules() if isinstance(m, EngineLinear))
-    assert "GELU after the matmul" in "\n".join(after.optimization.lines())
+    linears = [m for m in after.modules() if isinstance(m, EngineLinear)]
+    assert linears and all(torch.float32 in m.gelu_after and m.packed is not None for m in linears)
+    assert "oneDNN, GELU after it" in "\n".join(after.optimization.lines())
     # every MLP but a [CLS]-only last block's (that one runs on one row per image)
     assert len(fc1s) - 1 <= gelu_calls(after, x) <= len(fc1s)
     with torch.no_grad():
         torch.testing.assert_close(after(x), ref, atol=1e-5, rtol=1e-5)
-    assert all(not isinstance(p, GeluProbe) for p in optimize(model, fused_linear=False).optimization.probes)

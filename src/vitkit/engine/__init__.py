@@ -57,7 +57,7 @@ from torch import nn
 from vitkit.engine import cvt, swin, vit
 from vitkit.engine.linear import HAS_BF16_FUSED_LINEAR, HAS_FUSED_LINEAR, EngineLinear
 from vitkit.engine.model import InferenceModel, OptimizationReport
-from vitkit.engine.probe import LinearProbe, bf16_probe, gelu_probe, kernel_probes, probe_linear
+from vitkit.engine.probe import LinearProbe, bf16_probe, kernel_probes, probe_linear, widest_mlp_input
 from vitkit.engine.training import training_path
 from vitkit.errors import VitkitError
 from vitkit.kernels import unavailable_reason
@@ -103,6 +103,8 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     if settings.fused_linear and settings.probe:
         report.probes = _probe_linears(model, bf16=settings.lowp_linear)
         onednn |= {p.dtype: p.use_onednn for p in report.probes}
+    # dtypes whose oneDNN matmuls run GELU after them, not in their epilogue (the probe found that faster)
+    gelu_after = frozenset(getattr(torch, p.dtype) for p in report.probes if p.use_onednn and not p.gelu_epilogue)
     slower_kernels = []  # native kernels the probe found slower than PyTorch's attention on this CPU
     if settings.native_kernels and settings.probe:
         probes = kernel_probes(model)
@@ -114,10 +116,6 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
     if settings.bf16_in_float32 and settings.probe and (probe := bf16_probe(model, onednn_bf16, onednn_float32)):
         report.probes.append(probe)
         bf16_in_float32 = probe.use_float32
-    gelu_epilogue = True  # oneDNN's float32 matmuls run GELU in their epilogue, unless PyTorch's after them is faster
-    if onednn_float32 and settings.probe and (probe := gelu_probe(model)):
-        report.probes.append(probe)
-        gelu_epilogue = probe.use_epilogue
     effective = dataclasses.replace(  # what runs
         settings, fused_linear=onednn["float32"], native_kernels=native, bf16_in_float32=bf16_in_float32
     )
@@ -134,7 +132,7 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
         elif type(module) is nn.Linear and (pack or settings.lowp_linear):
             module.__class__ = EngineLinear
             module.cast_once, module.bf16_in_float32 = settings.lowp_linear, bf16_in_float32
-            module.gelu_epilogue = gelu_epilogue
+            module.gelu_after = gelu_after
             module.onednn = onednn["float32" if bf16_in_float32 else "bfloat16"]  # for the dtype bf16 matmuls run in
             w = module.weight
             what = ["bf16 / fp16 matmuls: weights cast once"] if settings.lowp_linear else []
@@ -166,11 +164,11 @@ def optimize(model: nn.Module, *, inplace: bool = False, share_weights: bool = F
 
 
 def _probe_linears(model: nn.Module, bf16: bool) -> list[LinearProbe]:
-    """oneDNN against the plain ops on the model's first MLP input layer (most of the FLOPs are MLPs), on the CPU."""
-    layers = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.endswith("mlp.fc1")]
-    if not layers or layers[0].weight.device.type != "cpu" or not HAS_FUSED_LINEAR:
+    """oneDNN against the plain ops on the model's widest MLP input layer (most of the FLOPs are MLPs), on the CPU."""
+    fc = widest_mlp_input(model)
+    if fc is None or not HAS_FUSED_LINEAR:
         return []
-    fc, threads = layers[0], torch.get_num_threads()
+    threads = torch.get_num_threads()
     probes = [probe_linear(torch.float32, fc.in_features, fc.out_features, threads)]
     if bf16 and HAS_BF16_FUSED_LINEAR:
         probes.append(probe_linear(torch.bfloat16, fc.in_features, fc.out_features, threads))

@@ -49,7 +49,7 @@ def linear(x: torch.Tensor, layer: nn.Module, gelu: bool = False, residual: torc
         elif fused and HAS_FUSED_LINEAR and layer.weight.dtype == x.dtype:
             w = layer.weight
     if w is not None and residual is None:
-        return _onednn(x, w, layer.bias, gelu, getattr(layer, "gelu_epilogue", True))
+        return _onednn(x, w, layer.bias, gelu, x.dtype not in getattr(layer, "gelu_after", ()))
     if w is not None and not gelu:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, layer.bias, "add")
     if type(layer) is EngineLinear and (dtype := layer.call_dtype(x)) is not None:
@@ -86,7 +86,7 @@ class EngineLinear(nn.Linear):
     cast_once: bool = True  # bf16 / fp16 matmuls with the weight cast once (else autocast's own casts)
     onednn: bool = True  # may bf16 matmuls take oneDNN's path (set by optimize from fused_linear and the probe)
     bf16_in_float32: bool = False  # bf16 matmuls as float32 products of the bf16 values (set by optimize's probe)
-    gelu_epilogue: bool = True  # float32 oneDNN matmuls: GELU in the epilogue, else after (set by optimize's probe)
+    gelu_after: frozenset = frozenset()  # dtypes whose oneDNN matmuls run GELU after them (set by optimize's probe)
     packed: torch.Tensor | None = None  # the float32 weight in oneDNN's layout; then no plain ``weight`` parameter
 
     def pack(self) -> None:
@@ -193,11 +193,11 @@ class EngineLinear(nn.Linear):
         x = x.to(dtype)
         if compute != dtype:  # bf16 values, their products and sums in float32 (exact products, as bf16 kernels)
             with torch.autocast(x.device.type, enabled=False):
-                y = _matmul(x.to(compute), w, b, onednn, gelu, self.gelu_epilogue).to(dtype)
+                y = _matmul(x.to(compute), w, b, onednn, gelu, compute not in self.gelu_after).to(dtype)
             return y if residual is None else residual + y
         if onednn and residual is not None and residual.dtype == dtype and not gelu:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
-        y = _matmul(x, w, b, onednn, gelu)
+        y = _matmul(x, w, b, onednn, gelu, dtype not in self.gelu_after)
         return y if residual is None else residual + y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

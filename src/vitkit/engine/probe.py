@@ -30,32 +30,40 @@ ROUNDS = 5  # alternating rounds; each side's fastest counts
 MARGIN = 1.05  # the plain ops must be this much faster to be chosen (oneDNN also saves a pass over memory)
 BF16_MARGIN = 1.1  # float32 must be this much faster to compute a bf16 matmul (it also makes two casts)
 KERNEL_TOKENS = 197  # attention probe: a 224-px ViT's sequence
-# PyTorch's attention must be this much faster for a kernel to be dropped: where a kernel suits the CPU the two are
-# within a few percent on the probe's small problem (the kernel's lead shows at larger batches, without copies the
-# probe leaves out), and a build that spills its registers is over 5x slower; a wide margin keeps a noisy probe
-# from flipping the choice from one process to the next
-KERNEL_MARGIN = 2.0
+# PyTorch's attention must be this much faster for a kernel to be dropped: a kernel that suits the CPU is ahead on
+# the probe's small problem (further ahead in a model, where it also saves the copies the probe leaves out); the margin
+# keeps a noisy probe from flipping a choice between two near-equal paths from one process to the next
+KERNEL_MARGIN = 1.1
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearProbe:
     dtype: str
     shape: str  # "rows x in -> out + GELU"
-    onednn_ms: float
-    plain_ms: float
+    onednn_ms: float  # oneDNN's matmul with GELU in its epilogue
+    plain_ms: float  # F.linear, then GELU
+    after_ms: float  # oneDNN's matmul, then PyTorch's GELU in place
+
+    @property
+    def gelu_epilogue(self) -> bool:
+        """GELU in oneDNN's epilogue unless PyTorch's after the matmul is clearly faster."""
+        return self.after_ms * MARGIN >= self.onednn_ms
 
     @property
     def use_onednn(self) -> bool:
-        return self.plain_ms * MARGIN >= self.onednn_ms
+        """oneDNN (its weight layout, bias and residual in its epilogue) unless the plain ops are clearly faster."""
+        return self.plain_ms * MARGIN >= (self.onednn_ms if self.gelu_epilogue else self.after_ms)
 
     def record(self) -> dict:
-        return dataclasses.asdict(self) | {"use_onednn": self.use_onednn}
+        return dataclasses.asdict(self) | {"use_onednn": self.use_onednn, "gelu_epilogue": self.gelu_epilogue}
 
     def line(self) -> str:
-        winner = "oneDNN fused" if self.use_onednn else "plain F.linear"
+        winner = "plain F.linear"
+        if self.use_onednn:
+            winner = "oneDNN fused" if self.gelu_epilogue else "oneDNN, GELU after it"
         return (
-            f"probe {self.dtype} {self.shape}: oneDNN fused {self.onednn_ms:.3f} ms, plain F.linear + GELU "
-            f"{self.plain_ms:.3f} ms -> {winner}"
+            f"probe {self.dtype} {self.shape}: oneDNN fused {self.onednn_ms:.3f} ms, oneDNN then GELU "
+            f"{self.after_ms:.3f} ms, plain F.linear + GELU {self.plain_ms:.3f} ms -> {winner}"
         )
 
 
@@ -82,7 +90,8 @@ def _race(*calls, flops: int) -> tuple[float, ...]:
 
 @functools.lru_cache(maxsize=64)
 def probe_linear(dtype: torch.dtype, in_features: int, out_features: int, threads: int) -> LinearProbe:
-    """Time ``gelu(x @ w.T + b)`` both ways on the CPU for a (ROWS, in_features) input. ``threads`` keys the cache."""
+    """Time ``gelu(x @ w.T + b)`` three ways on the CPU for a (ROWS, in_features) input: oneDNN with GELU in its
+    epilogue, oneDNN then PyTorch's GELU, the plain ops. ``threads`` keys the cache."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(ROWS, in_features, generator=g).to(dtype)
     w = torch.randn(out_features, in_features, generator=g).div_(in_features**0.5).to(dtype)
@@ -99,51 +108,11 @@ def probe_linear(dtype: torch.dtype, in_features: int, out_features: int, thread
     def plain():
         return F.gelu(F.linear(x, w, b))
 
-    onednn_ms, plain_ms = _race(onednn, plain, flops=2 * ROWS * in_features * out_features)
-    return LinearProbe(name, shape, onednn_ms, plain_ms)
+    def after():
+        return torch.ops.aten.gelu_(torch.ops.mkldnn._linear_pointwise(x, w_onednn, b, "none", [], "none"))
 
-
-@dataclasses.dataclass(frozen=True)
-class GeluProbe:
-    shape: str
-    epilogue_ms: float  # GELU in oneDNN's matmul epilogue
-    after_ms: float  # oneDNN's matmul, then PyTorch's GELU in place
-
-    @property
-    def use_epilogue(self) -> bool:
-        return self.after_ms * MARGIN >= self.epilogue_ms
-
-    def record(self) -> dict:
-        return dataclasses.asdict(self) | {"use_epilogue": self.use_epilogue}
-
-    def line(self) -> str:
-        winner = "GELU in the epilogue" if self.use_epilogue else "GELU after the matmul"
-        return (
-            f"probe float32 GELU {self.shape}: in oneDNN's epilogue {self.epilogue_ms:.3f} ms, PyTorch's after the "
-            f"matmul {self.after_ms:.3f} ms -> {winner}"
-        )
-
-
-@functools.lru_cache(maxsize=64)
-def probe_gelu(in_features: int, out_features: int, threads: int) -> GeluProbe:
-    """oneDNN's float32 ``gelu(x @ w.T + b)`` for a (ROWS, in_features) input with GELU in its epilogue, against its
-    matmul followed by PyTorch's GELU in place. ``threads`` keys the cache."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(ROWS, in_features, generator=g)
-    w = torch.ops.mkldnn._reorder_linear_weight(torch.randn(out_features, in_features, generator=g))
-    b = torch.zeros(out_features)
-    epilogue_ms, after_ms = _race(
-        lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none"),
-        lambda: torch.ops.aten.gelu_(torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "none")),
-        flops=2 * ROWS * in_features * out_features,
-    )
-    return GeluProbe(f"{ROWS}x{in_features} -> {out_features}", epilogue_ms, after_ms)
-
-
-def gelu_probe(model: torch.nn.Module) -> GeluProbe | None:
-    """:func:`probe_gelu` on the model's widest MLP input layer; None for a model off the CPU or without one."""
-    fc = widest_mlp_input(model)
-    return None if fc is None else probe_gelu(fc.in_features, fc.out_features, torch.get_num_threads())
+    onednn_ms, plain_ms, after_ms = _race(onednn, plain, after, flops=2 * ROWS * in_features * out_features)
+    return LinearProbe(name, shape, onednn_ms, plain_ms, after_ms)
 
 
 def widest_mlp_input(model: torch.nn.Module) -> torch.nn.Linear | None:
