@@ -6,12 +6,12 @@ model for deployment. :func:`optimize` returns a copy (or, with ``inplace=True``
 swapped for engine versions:
 
 * every block: linears fused with their bias, GELU and residual add in oneDNN's matmul (CPU float32 and bf16),
-  where a quick probe on the model's MLP shape finds oneDNN not slower than plain ``F.linear`` on this CPU
-  (:mod:`vitkit.engine.probe`; the measurement is in the report); there, every float32 Linear weight is kept in
+  where a quick probe on the model's widest MLP layer finds oneDNN not slower than plain ``F.linear`` on this CPU
+  (:mod:`vitkit.engine.probe`; the measurement is in the report), with GELU run after the matmul instead where the
+  probe finds oneDNN's GELU epilogue slower (its AVX2 code); there, every float32 Linear weight is kept in
   oneDNN's blocked layout instead of the plain one (``pack_weights``), which saves the reorder oneDNN otherwise
   makes inside every call, at no extra memory (``weight`` still reads the plain layout, exactly); each native
-  kernel below is probed against PyTorch's attention the same way and left out where it is clearly slower (a
-  build for a CPU without AVX-512's 32 wide registers can be);
+  kernel below is probed against PyTorch's attention the same way and left out where it is slower;
 * ViT and CvT: multi-head attention in a native kernel where it beats SDPA;
 * Swin: the whole shifted-window attention in one native kernel (shift, partition and reverse as index
   arithmetic), or a PyTorch path without the partition copies; the relative-position bias and shift mask are built

@@ -52,9 +52,9 @@ static inline __attribute__((always_inline)) void scores(const float *const *qr,
     for (int c = 0; c < NB; c++) st(s + r * np + j0 + VW * c, a[r][c] * scale + ld(br[r] + j0 + VW * c));
 }
 
-/* out[r] = (p_r . V) * p_r[np - 1] (1 / the row sum) over NB vectors of channels, for 8 rows of P (rows < live written);
- * V row j at v + off[j], out row r at out + out_off[r] / DIV (token offsets in qkv: DIV 3 for a C-wide map, 1 for
- * the 3C-wide gradient of qkv); 8 x NB accumulators */
+/* out[r] = (p_r . V) * p_r[np - 1] (1 / the row sum) over NB vectors of channels, for 8 rows of P (rows < live
+ * written); V row j at v + off[j], out row r at out + out_off[r] / DIV (token offsets in qkv: DIV 3 for a C-wide
+ * map, 1 for the 3C-wide gradient of qkv); 8 x NB accumulators */
 static inline __attribute__((always_inline)) void weighted_sum(const float *p, const float *v, const long *off,
                                                               const long *out_off, int live, int n, int np,
                                                               float *out, const int NB, const int DIV) {
