@@ -94,6 +94,9 @@ if sys.argv[2:]:  # BatchNorm over processes 0 and 1 holding 2 and 4 of 6 images
         diff[name] = (getattr(net[1], name) - getattr(ref[1], name)).abs().max().item()
     diff["num_batches_tracked"] = int(net[1].num_batches_tracked - ref[1].num_batches_tracked)
     Path(sys.argv[2]).joinpath(f"bn{rank}.json").write_text(json.dumps(diff))
+
+dist.barrier()  # this script made the process group: every process done, then it is taken down before exit (gloo's
+dist.destroy_process_group()  # threads may otherwise abort a process at interpreter exit)
 """
 
 

@@ -224,7 +224,11 @@ def train(
     """
     info = distributed.setup(cfg.device)
     try:
-        return _train(cfg, info, callbacks or [], TrainingClock(clock))
+        result = _train(cfg, info, callbacks or [], TrainingClock(clock))
+        # every rank done (the main one writes the last files) before any closes its connections: a gloo peer whose
+        # connection closes under it can abort its process
+        distributed.barrier(info)
+        return result
     finally:
         distributed.teardown(info)
 
