@@ -91,7 +91,7 @@ class EngineSettings:
     micro_batch_bytes: int = 32 * 2**20  # CPU: slices of the batch where a temporary would exceed this; 0 = off
     pack_weights: bool = True  # CPU float32 Linear weights in oneDNN's blocked layout instead of the plain one
     bf16_weights: bool = False  # weights and activations in bfloat16 (native bf16 CPUs, CUDA); float32 logits out
-    probe: bool = True  # measure, then choose: oneDNN or F.linear, each kernel or PyTorch, bf16 or float32 products
+    probe: bool = True  # measure, then choose: oneDNN or F.linear (GELU in or after), kernels, bf16 or float32 products
     lowp_linear: bool = True  # bf16 / fp16 matmuls (autocast, bf16_weights): Linear weights cast (CPU: packed) once
     # CPU bf16 linears (and Swin's window attention) as float32 products of the bf16-rounded values, where the probe
     # finds float32 faster (CPUs without AMX): the same products (exact in float32) and float32 sums as bf16 kernels

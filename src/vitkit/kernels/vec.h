@@ -1,5 +1,5 @@
 /* Shared by vitkit's native kernels: float vectors of the CPU's own width (GCC / Clang vector extensions: 16 floats
- * with AVX-512, 8 with AVX / AVX2, 4 with SSE or NEON), the number of them a register block may hold, a vectorised exp
+ * with AVX-512, 8 with AVX / AVX2, 4 with SSE or NEON) and the number of vector registers, a vectorised exp
  * for softmax, a VW x VW transpose, and a parallel loop over tasks that runs on PyTorch's own OpenMP threads when
  * built with -fopenmp (vitkit.kernels decides), else on pthreads.
  *
@@ -26,8 +26,6 @@
 #define VW 4
 #define VREGS 16
 #endif
-/* accumulators a register block may use: half the registers, the rest for the loaded operands and broadcasts */
-#define ACC (VREGS / 2)
 
 typedef float vf __attribute__((vector_size(4 * VW), aligned(4 * VW)));
 typedef float vfu __attribute__((vector_size(4 * VW), aligned(4)));

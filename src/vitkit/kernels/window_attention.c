@@ -20,13 +20,13 @@
  *        dbias (B * nW, heads, n, n), the gradient of the scores, which the caller sums over windows for the bias.
  *
  * vitkit.kernels builds it with -O3 -march=native on first use (vec.h: vectors, exp, threads). Register blocks: scores
- * 4 rows by SV vectors of columns, weighted sums 8 rows by WV vectors of channels, as many as vec.h's accumulator
- * budget allows (AVX-512: 64 columns, 32 channels; AVX2: 16 and 8).
+ * 4 rows by SV vectors of columns, weighted sums 8 rows by WV vectors of channels: half the registers as
+ * accumulators, the rest for the loaded vectors and broadcasts (AVX-512: 64 columns, 32 channels; AVX2: 16 and 8).
  */
 #include "vec.h"
 
-#define SV (ACC / 4)
-#define WV (ACC / 8)
+#define SV (VREGS / 8)
+#define WV (VREGS / 16)
 
 typedef struct {
   const float *qkv, *bias;
