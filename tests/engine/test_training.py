@@ -311,6 +311,33 @@ def test_a_bf16_linear_as_float32_products_gives_autocasts_numbers_and_gradients
         torch.testing.assert_close(ours, autocast, **one_ulp)
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_a_bf16_linear_over_slices_of_rows_gives_the_whole_batchs_numbers(monkeypatch, x_dtype):
+    """Past ``WHOLE_BYTES`` the float32 copies are made a slice of rows at a time (the last one short): the output
+    and the input's gradient row for row the same as in one piece, the weight's and bias's to float32 summation
+    order before their bf16 rounding."""
+    from vitkit.engine import training
+
+    layer = torch.nn.Linear(24, 40)
+    x = torch.randn(3, 37, 24, dtype=x_dtype, requires_grad=True)  # 111 rows
+    results = []
+    for whole, slice_bytes in ((2**30, 2**20), (0, 40 * 4 * 10)):  # one piece; slices of 10 rows
+        monkeypatch.setattr(training, "WHOLE_BYTES", whole)
+        monkeypatch.setattr(training, "SLICE_BYTES", slice_bytes)
+        assert len(list(training._row_slices(111, 40))) == (1 if whole else 12)
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = training._bf16_linear_forward(layer, x)
+        y.float().square().sum().backward()
+        assert y.dtype == torch.bfloat16 and x.grad.dtype == x_dtype and layer.weight.grad.dtype == torch.float32
+        results.append([y, x.grad, layer.weight.grad, layer.bias.grad])
+    (y, gx, gw, gb), (y_sliced, gx_sliced, gw_sliced, gb_sliced) = results
+    assert torch.equal(y_sliced, y) and torch.equal(gx_sliced, gx)
+    torch.testing.assert_close(gw_sliced, gw, atol=1e-5, rtol=2**-7)  # at most one bf16 step apart
+    torch.testing.assert_close(gb_sliced, gb, atol=1e-5, rtol=2**-7)
+
+
 @pytest.mark.parametrize("family", ["vit", "swin", "cvt"])
 def test_bf16_training_runs_every_linear_as_float32_products_where_that_is_faster(family, float32_faster):
     from vitkit.engine.training import _bf16_linear_forward, shortcuts

@@ -112,33 +112,63 @@ def _cvt_strided_projection_forward(self: cvt.ConvProj, x: torch.Tensor) -> torc
         return type(self).forward(self, x.float())  # (B, h*w, C) float32; the linears after it cast to bf16
 
 
+# float32 temporaries of the bf16-values linears: whole up to WHOLE_BYTES (glibc's largest mmap threshold, above
+# which every call page-faults its blocks in afresh), else in slices of rows of about SLICE_BYTES
+WHOLE_BYTES, SLICE_BYTES = 32 * 2**20, 8 * 2**20
+
+
+def _row_slices(rows: int, width: int) -> Iterator[slice]:
+    """Slices of ``rows`` for float32 copies ``width`` wide: one slice while the copy stays under
+    :data:`WHOLE_BYTES`, else slices the allocator recycles instead of page-faulting them in on every call."""
+    step = rows if rows * width * 4 <= WHOLE_BYTES else max(1, SLICE_BYTES // (4 * width))
+    return (slice(start, start + step) for start in range(0, rows, max(step, 1)))
+
+
 class _Bf16ValuesLinear(torch.autograd.Function):
     """``x W^T + b`` of the bf16 values, as float32 products, forward and backward: the product of two bf16 numbers
     is exact in float32 and bf16 matmuls sum in float32, so the output and gradients (rounded to bf16, then to each
-    input's dtype) are autocast's to summation order. Saves the bf16 tensors, as autocast does (same memory)."""
+    input's dtype) are autocast's to summation order. Saves the bf16 tensors, as autocast does (same memory). Past
+    :data:`WHOLE_BYTES` the float32 copies of the activations are made a slice of rows at a time, each slice's
+    result written straight into the bf16 (or the input's dtype) output."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x16, w16 = x.to(torch.bfloat16), weight.to(torch.bfloat16)
         ctx.save_for_backward(x16, w16)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        b = None if bias is None else bias.to(torch.bfloat16).float()
+        w, b = w16.float(), None if bias is None else bias.to(torch.bfloat16).float()
+        rows = x16.reshape(-1, x16.shape[-1])  # (n, in)
+        y = rows.new_empty(rows.shape[0], w.shape[0])  # (n, out) bf16
         with torch.autocast("cpu", enabled=False):
-            return F.linear(x16.float(), w16.float(), b).to(torch.bfloat16)
+            for part in _row_slices(rows.shape[0], max(w.shape)):
+                y[part] = F.linear(rows[part].float(), w, b)  # rounded to bf16 on the way in
+        return y.view(*x16.shape[:-1], w.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x16, w16 = ctx.saved_tensors
         x_dtype, w_dtype, b_dtype = ctx.dtypes
-        g = grad.to(torch.bfloat16).float().flatten(0, -2)  # (rows, out)
-        gx = gw = gb = None
+        g16 = grad.to(torch.bfloat16).reshape(-1, grad.shape[-1])  # (n, out)
+        rows = x16.reshape(-1, x16.shape[-1])  # (n, in)
+        w = w16.float()  # (out, in)
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = b_dtype is not None and ctx.needs_input_grad[2]
+        gx = rows.new_empty(rows.shape, dtype=x_dtype) if need_x else None
+        gw = gb = None  # float32 sums over the slices
         with torch.autocast("cpu", enabled=False):
-            if ctx.needs_input_grad[0]:
-                gx = (g @ w16.float()).to(torch.bfloat16).to(x_dtype).view(*x16.shape)
-            if ctx.needs_input_grad[1]:
-                gw = (g.T @ x16.flatten(0, -2).float()).to(torch.bfloat16).to(w_dtype)
-            if b_dtype is not None and ctx.needs_input_grad[2]:
-                gb = g.sum(0).to(torch.bfloat16).to(b_dtype)
+            for part in _row_slices(rows.shape[0], max(w.shape)):
+                g = g16[part].float()
+                if need_x:
+                    gx[part] = (g @ w).to(torch.bfloat16)  # then to the input's dtype
+                if need_w:
+                    gw = g.T @ rows[part].float() if gw is None else gw.addmm_(g.T, rows[part].float())
+                if need_b:
+                    gb = g.sum(0) if gb is None else gb.add_(g.sum(0))
+        if rows.shape[0] == 0:  # no slices: zero gradients
+            gw, gb = (w.new_zeros(w.shape) if need_w else None), (w.new_zeros(w.shape[0]) if need_b else None)
+        gx = None if gx is None else gx.view(x16.shape)
+        gw = None if gw is None else gw.to(torch.bfloat16).to(w_dtype)
+        gb = None if gb is None else gb.to(torch.bfloat16).to(b_dtype)
         return gx, gw, gb
 
 
