@@ -1,6 +1,7 @@
 """The engine's training shortcuts: the same logits and gradients as the reference model, which they leave as it was."""
 
 import copy
+import types
 
 import pytest
 import torch
@@ -42,6 +43,8 @@ def same_step_both_ways(model: torch.nn.Module, x: torch.Tensor, atol: float = 1
     assert all(g is not None for g in grads)  # every parameter still gets its gradient (DDP needs them all)
     for g, ref in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, ref, atol=atol, rtol=1e-4)
+    for b, ref in zip(shortcut.buffers(), model.buffers(), strict=True):  # BatchNorm's running statistics
+        torch.testing.assert_close(b, ref, atol=atol, rtol=1e-5)
     assert not any("forward" in vars(m) for m in shortcut.modules())  # the reference model again
     return applies
 
@@ -259,6 +262,56 @@ def test_cvt_strided_projections_run_in_float32_under_bf16_autocast_only():
 
     assert distance([logits], [ref_logits]) <= 1.5 * distance([plain_logits], [ref_logits]) + 1e-3
     assert distance(grads, ref_grads) <= 1.5 * distance(plain_grads, ref_grads) + 1e-3
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(), dict(drop_path_rate=0.3), dict(qkv_bias=False), dict(depths=(1, 1, 1))],
+    ids=["plain", "drop-path", "no-qkv-bias", "one-block"],
+)
+def test_cvt_cls_head_trains_through_the_last_blocks_cls_row_with_the_same_numbers(changes):
+    """The last block's [CLS] row alone: the same logits, gradients and BatchNorm statistics; the query convolution,
+    whose output only the other rows read, still runs for its BatchNorm and gets its (zero) gradients."""
+    from vitkit.engine.training import _cvt_cls_row_forward, shortcuts
+
+    model = tiny("cvt", **changes)
+    assert _cvt_cls_row_forward in [fn for _, fn in shortcuts(model)]
+    shortcut = copy.deepcopy(model)
+    rows = []
+    shortcut.stages[-1].blocks[-1].mlp.fc2.register_forward_hook(lambda m, args, out: rows.append(out.shape[1]))
+    with training_path(shortcut):
+        step(shortcut, torch.randn(3, 3, 32, 32))
+    assert rows == [1 + (32 // 16) ** 2]  # a hook on the last block: every token
+
+    assert same_step_both_ways(model, torch.randn(3, 3, 32, 32))
+    q_conv = model.stages[-1].blocks[-1].attn.conv_proj_q
+    assert all(p.grad is not None and not p.grad.any() for p in q_conv.parameters())  # zeros, as in the full pass
+
+
+def test_cvt_cls_row_is_what_the_head_reads_and_nothing_else_changes():
+    from vitkit.engine.training import _cvt_last_block_forward
+
+    model = tiny("cvt")
+    x = torch.randn(2, 3, 32, 32)
+    last = model.stages[-1].blocks[-1]
+    seen = []
+    real = _cvt_last_block_forward
+
+    def spy(self, x, H, W):
+        out = real(self, x, H, W)
+        seen.append(out.shape[1])
+        return out
+
+    tokens = 1 + (32 // 16) ** 2
+    with training_path(model):
+        last.forward = types.MethodType(spy, last)  # the swap the path made, watched
+        model(x)
+        assert model.forward_features(x).shape == (2, tokens, 32)
+        assert model.get_attention_maps(x)[-1].weights.shape[-2] == tokens
+    assert seen == [1, tokens, tokens]  # logits: the [CLS] row; features and recorded maps: every token
+    no_cls = tiny("cvt", cls_token=False)
+    with training_path(no_cls):
+        assert "forward" not in vars(no_cls)  # mean-pooled head: the strided projections only
 
 
 def test_cvt_with_bf16_weights_keeps_the_plain_projections():

@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vitkit.engine import probe
 from vitkit.engine.conditions import is_tracing, native_call
-from vitkit.engine.model import has_hooks
+from vitkit.engine.model import HEAD_READS_CLS_ONLY, has_hooks
 from vitkit.kernels import window_attention as window_kernel
 from vitkit.layers import attention
 from vitkit.models import cvt, swin, vit
@@ -77,6 +77,62 @@ def _vit_cls_row_forward(self: vit.VisionTransformer, x: torch.Tensor) -> torch.
     else:
         x = vit_cls_row(last, x)  # (B, 1, D)
     return self.forward_head(self.norm(x))
+
+
+def cvt_cls_row(block: cvt.Block, x: torch.Tensor, H: int, W: int) -> torch.Tensor:  # (B, 1+N, D) -> (B, 1, D)
+    """Row 0 ([CLS]) of ``block(x, H, W)``, computing only what it depends on; the same numbers to float rounding.
+
+    The [CLS] query skips the convolutions, so the query convolution's output feeds the other rows alone. It still
+    runs: its BatchNorm's batch statistics and running averages are then the full pass's, and its parameters get
+    the full pass's gradients (zeros), which DDP expects of every parameter."""
+    a = block.attn
+    y = block.norm1(x)
+    B, _, C = y.shape
+    h, d = a.num_heads, C // a.num_heads
+    cls, t = y[:, :1], y[:, 1:].contiguous().reshape(B, H, W, C).permute(0, 3, 1, 2)  # map (B, C, H, W) channels-last
+    unread = a.conv_proj_q(t)  # (B, H*W, C)
+    k, v = (torch.cat([cls, proj(t)], dim=1) for proj in (a.conv_proj_k, a.conv_proj_v))  # (B, 1+h*w, C)
+    q = a.proj_q(cls).view(B, 1, h, d).transpose(1, 2)  # (B, heads, 1, d)
+    k = a.proj_k(k).view(B, k.shape[1], h, d).transpose(1, 2)  # (B, heads, Nk, d)
+    v = a.proj_v(v).view(B, v.shape[1], h, d).transpose(1, 2)
+    out, _ = attention(q, k, v, scale=a.scale, dropout_p=a.attn_drop if a.training else 0.0)
+    x = x[:, :1] + block.drop_path1(a.proj_drop(a.proj(out.transpose(1, 2).reshape(B, 1, C))))
+    x = _ZeroGradient.apply(x, unread)
+    return x + block.drop_path2(block.mlp(block.norm2(x)))
+
+
+class _ZeroGradient(torch.autograd.Function):
+    """``x`` as it is, with ``unread`` joined to the graph: its gradient is zero, what the full pass gives a tensor
+    whose values never reach the loss."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, unread: torch.Tensor) -> torch.Tensor:
+        ctx.unread = (unread.shape, unread.dtype)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        shape, dtype = ctx.unread
+        return grad, grad.new_zeros(shape, dtype=dtype)
+
+
+def _cvt_cls_row_forward(self: cvt.CvT, x: torch.Tensor) -> torch.Tensor:
+    """``forward`` of a CvT whose head reads [CLS]: its last block computes that row alone (``cvt_cls_row``) unless a
+    hook would see the rows left out."""
+    stage = self.stages[-1]
+    token = HEAD_READS_CLS_ONLY.set(not has_hooks((*stage.blocks[-1].modules(), stage, self.norm)))
+    try:
+        return type(self).forward(self, x)
+    finally:
+        HEAD_READS_CLS_ONLY.reset(token)
+
+
+def _cvt_last_block_forward(self: cvt.Block, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """``forward`` of a CvT's last block: the [CLS] row alone while the model computes its logits (every token for
+    ``forward_features`` / ``forward_intermediates`` and while attention maps are recorded)."""
+    if not HEAD_READS_CLS_ONLY.get() or self.attn.record_attention:
+        return type(self).forward(self, x, H, W)
+    return cvt_cls_row(self, x, H, W)
 
 
 def _swin_block_forward(self: swin.SwinBlock, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
@@ -212,7 +268,11 @@ def _family_shortcuts(model: nn.Module) -> list[tuple[nn.Module, types.FunctionT
         if any(getattr(m, "grad_checkpointing", False) for m in model.modules()):
             return []  # a recomputed block must run the same ops in the same dtypes
         strided = [m for m in model.modules() if type(m) is cvt.ConvProj and max(m.conv.stride) > 1]
-        return [(m, _cvt_strided_projection_forward) for m in strided]
+        swaps = [(m, _cvt_strided_projection_forward) for m in strided]
+        blocks = model.stages[-1].blocks
+        if model.config.cls_token and len(blocks):  # the head reads [CLS] alone
+            swaps += [(model, _cvt_cls_row_forward), (blocks[-1], _cvt_last_block_forward)]
+        return swaps
     return []
 
 
