@@ -6,6 +6,8 @@ model's logits and gradients:
 * ViT with a [CLS] head: the head reads that row alone, so the last block needs only the [CLS] query, and the
   projection and MLP of one token instead of 1 + N; keys and values still come from every token (what the inference
   engine's last block does, here with the reference ops, dropout and stochastic depth, so autograd runs through it);
+  CvT with [CLS] likewise (its [CLS] query skips the convolutions; the query convolution still runs for its
+  BatchNorm's statistics, its output joined to the graph with the zero gradient the full pass gives it);
 * Swin, CPU float32: each block's (shifted) window attention in the native kernel with its backward pass
   (:func:`vitkit.kernels.window_attention.window_attention_trainable`): the shift, the window partition and its
   reverse are index arithmetic, and the window-sized matmuls stay in L1, where PyTorch runs them as thousands of
