@@ -104,3 +104,19 @@ def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_pat
     assert records[0]["skipped_val_images"] == 2
     (epoch,) = [r for r in records if r["type"] == "epoch"]
     assert epoch["skipped_images"] == 4 and epoch["train_loss"] > 0 and "val_acc" in epoch
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+def test_cvt_under_ddp_trains_without_a_stride_warning(tmp_path):
+    """CvT's depthwise conv weights get gradients whose strides differ from DDP's buckets only in a size-1 dimension;
+    the run says nothing about it (and its [CLS]-row shortcut gives every parameter a gradient: no unused ones)."""
+    cfg = dict(TINY, model="cvt_nano_28", model_args="", img_size=28, max_train_samples=32, max_val_samples=16)
+    cfg |= dict(epochs=1, batch_size=8, aug="none", device="cpu", output_dir=str(tmp_path / "run"))
+    script = tmp_path / "ddp_train.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    r = _run_or_fail_on_hang([*cmd, json.dumps(cfg)], env, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Grad strides" not in r.stderr and "unused parameters" not in r.stderr
+    assert json.loads((tmp_path / "run" / "last" / "trainer_state.json").read_text())["world_size"] == 2

@@ -224,7 +224,13 @@ def train(
     """
     info = distributed.setup(cfg.device)
     try:
-        result = _train(cfg, info, callbacks or [], TrainingClock(clock))
+        with warnings.catch_warnings():
+            if info.enabled and cfg.strategy == "ddp":
+                # DDP's reducer compares every stride of a gradient with its bucket's; a depthwise conv weight
+                # (C, 1, k, k) fed a channels-last map gets gradients whose strides differ only in the size-1
+                # dimension, the same layout to autograd. DDP copies them into its buckets either way.
+                warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides", UserWarning)
+            result = _train(cfg, info, callbacks or [], TrainingClock(clock))
         # every rank done (the main one writes the last files) before any closes its connections: a gloo peer whose
         # connection closes under it can abort its process
         distributed.barrier(info)
