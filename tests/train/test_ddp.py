@@ -70,6 +70,15 @@ def _run_or_fail_on_hang(cmd: list[str], env: dict, timeout: float) -> subproces
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def _train_on_two_processes(tmp_path: Path, cfg: dict) -> subprocess.CompletedProcess:
+    """``train(cfg)`` under torchrun with 2 CPU processes (failing the test if they hang)."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    return _run_or_fail_on_hang([*cmd, json.dumps(cfg)], env, timeout=240)
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_path, strategy):
@@ -92,11 +101,7 @@ def test_a_rank_whose_whole_batch_is_unreadable_does_not_hang_the_others(tmp_pat
     groups = [broken[g : g + 2] for g in range(0, len(broken), 2)]
     assert any(len(g) == 2 and not any(g[0]) and any(g[1]) for g in groups)
 
-    script = tmp_path / "ddp_train.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    r = _run_or_fail_on_hang([*cmd, json.dumps(cfg)], env, timeout=240)
+    r = _train_on_two_processes(tmp_path, cfg)
     assert r.returncode == 0, r.stdout + r.stderr
     run = tmp_path / "run"
     assert json.loads((run / "last" / "trainer_state.json").read_text())["world_size"] == 2
@@ -112,11 +117,7 @@ def test_cvt_under_ddp_trains_without_a_stride_warning(tmp_path):
     the run says nothing about it (and its [CLS]-row shortcut gives every parameter a gradient: no unused ones)."""
     cfg = dict(TINY, model="cvt_nano_28", model_args="", img_size=28, max_train_samples=32, max_val_samples=16)
     cfg |= dict(epochs=1, batch_size=8, aug="none", device="cpu", output_dir=str(tmp_path / "run"))
-    script = tmp_path / "ddp_train.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    r = _run_or_fail_on_hang([*cmd, json.dumps(cfg)], env, timeout=240)
+    r = _train_on_two_processes(tmp_path, cfg)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Grad strides" not in r.stderr and "unused parameters" not in r.stderr
     assert json.loads((tmp_path / "run" / "last" / "trainer_state.json").read_text())["world_size"] == 2
